@@ -1,0 +1,1 @@
+//! Building and extracting artifact archives (zip, gzip, raw) from path rules.

@@ -1,0 +1,1 @@
+//! The local (shell) executor: one bash process group per step.

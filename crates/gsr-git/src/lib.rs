@@ -1,0 +1,1 @@
+//! Fetching job sources with the system git and the job token.

@@ -1,0 +1,1 @@
+//! GitLab coordinator client: wire types, job request/long-poll, updates, trace, artifacts.

@@ -1,0 +1,1 @@
+//! Runs one claimed job end to end: sources, steps, artifacts, trace, final update.
