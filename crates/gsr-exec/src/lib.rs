@@ -90,7 +90,10 @@ impl std::fmt::Debug for StepRequest {
         f.debug_struct("StepRequest")
             .field("stage", &self.stage)
             .field("commands", &self.commands.len())
-            .field("env_keys", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "env_keys",
+                &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .field("workdir", &self.workdir)
             .field("timeout", &self.timeout)
             .finish()

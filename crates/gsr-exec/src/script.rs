@@ -68,7 +68,10 @@ mod tests {
 
     #[test]
     fn echo_text_collapses_multi_line() {
-        assert_eq!(echo_text("echo a\necho b\n"), "echo a # collapsed multi-line command");
+        assert_eq!(
+            echo_text("echo a\necho b\n"),
+            "echo a # collapsed multi-line command"
+        );
         assert_eq!(echo_text("echo a\n"), "echo a");
     }
 

@@ -165,6 +165,9 @@ impl Git<'_> {
             "core.fsmonitor=false",
             "-c",
             "core.hooksPath=/dev/null",
+            // gitlab-runner's traces carry no "initial branch name" hint block.
+            "-c",
+            "advice.defaultBranchName=false",
         ]);
         if let Some(creds) = self.creds {
             cmd.arg("-c")

@@ -195,8 +195,10 @@ pub enum UpdateResult {
     TraceInvalid,
     /// 403/404 or `Job-Status` canceled/failed: the job is gone.
     Gone,
-    /// Anything else: the update cycle should be retried.
+    /// An outage or server error: the update cycle should be retried.
     Failed(String),
+    /// GitLab refused the update itself (400, 409, 422, …): repeating it cannot help.
+    Rejected(String),
 }
 
 /// A `PUT /jobs/:id` reply.
@@ -272,7 +274,9 @@ pub fn api_base(url: &str) -> Result<url::Url, GitlabError> {
         return Err(bad("scheme must be http or https"));
     }
     if !u.username().is_empty() || u.password().is_some() {
-        return Err(bad("credentials in the URL are not allowed; use the token option"));
+        return Err(bad(
+            "credentials in the URL are not allowed; use the token option",
+        ));
     }
     let mut path = u.path().trim_end_matches('/').to_string();
     if let Some(p) = path.strip_suffix("/ci") {
@@ -342,7 +346,12 @@ impl Coordinator {
                     let status = resp.status().as_u16();
                     if retryable_status(status) && attempt + 1 < self.retry.max_attempts {
                         let wait = self.retry.wait_after(resp.headers(), attempt);
-                        tracing::warn!(context, status, ?wait, "GitLab answered {status}; retrying");
+                        tracing::warn!(
+                            context,
+                            status,
+                            ?wait,
+                            "GitLab answered {status}; retrying"
+                        );
                         drop(resp);
                         tokio::time::sleep(wait).await;
                         attempt += 1;
@@ -364,7 +373,12 @@ impl Coordinator {
         }
     }
 
-    fn json_request(&self, method: Method, path: &str, body: &impl serde::Serialize) -> Result<RequestBuilder, GitlabError> {
+    fn json_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<RequestBuilder, GitlabError> {
         let bytes = serde_json::to_vec(body).map_err(|e| GitlabError::BadReply {
             context: "encoding a request",
             reason: e.to_string(),
@@ -477,7 +491,9 @@ impl Coordinator {
             info: &info,
         };
         let resp = self
-            .send(CTX, || self.json_request(Method::POST, "runners/verify", &body))
+            .send(CTX, || {
+                self.json_request(Method::POST, "runners/verify", &body)
+            })
             .await?;
         match resp.status().as_u16() {
             200 | 201 => {
@@ -643,6 +659,9 @@ impl JobClient {
             200 => UpdateResult::Accepted,
             202 => UpdateResult::NotFinished,
             412 => UpdateResult::TraceInvalid,
+            s @ (400..=499) if !retryable_status(s) => {
+                UpdateResult::Rejected(format!("GitLab refused the update with status {s}"))
+            }
             s => UpdateResult::Failed(format!("status {s}")),
         };
         UpdateReply {
@@ -881,7 +900,9 @@ mod tests {
         );
         assert!(api_base("ftp://x").is_err());
         assert!(api_base("not a url").is_err());
-        let e = api_base("https://u:secret@gitlab.com").unwrap_err().to_string();
+        let e = api_base("https://u:secret@gitlab.com")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("credentials"));
     }
 

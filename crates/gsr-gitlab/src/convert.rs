@@ -35,7 +35,10 @@ pub fn parse_job(body: &[u8]) -> Result<JobSpec, PayloadError> {
         Err(e) => {
             // Salvage id and token from whatever JSON there is.
             let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-            let job_id = v.as_ref().and_then(|v| v.get("id")).and_then(|v| v.as_u64());
+            let job_id = v
+                .as_ref()
+                .and_then(|v| v.get("id"))
+                .and_then(|v| v.as_u64());
             let job_token = v
                 .as_ref()
                 .and_then(|v| v.get("token"))
@@ -99,9 +102,8 @@ fn to_spec(w: JobResponse) -> Result<JobSpec, PayloadError> {
 
     let mut dependencies = Vec::with_capacity(w.dependencies.len());
     for d in w.dependencies {
-        let dep_id = d
-            .id
-            .ok_or_else(|| fail(format!("dependency {:?} has no id", d.name)))?;
+        let dep_id =
+            d.id.ok_or_else(|| fail(format!("dependency {:?} has no id", d.name)))?;
         dependencies.push(Dependency {
             id: dep_id,
             name: d.name,
@@ -225,7 +227,10 @@ mod tests {
     fn parses_the_reference_payload() {
         let j = parse_job(FIXTURE.as_bytes()).expect("fixture parses");
         assert_eq!(j.id, 8712);
-        assert_eq!(j.token.expose_secret(), "glcbt-64_FAKEjobTOKENaaaaaaaaaaaaa");
+        assert_eq!(
+            j.token.expose_secret(),
+            "glcbt-64_FAKEjobTOKENaaaaaaaaaaaaa"
+        );
         assert_eq!(j.project_full_path, "gitlab-org/gitlab-test");
         assert_eq!(j.git.depth, 20);
         assert_eq!(j.git.refspecs.len(), 2);
@@ -276,7 +281,11 @@ mod tests {
         let e = parse_job(body).expect_err("must fail");
         assert_eq!(e.job_id, Some(9));
         assert_eq!(e.job_token.expect("token").expose_secret(), "glcbt-t");
-        assert!(e.message.contains("not a valid job object"), "{}", e.message);
+        assert!(
+            e.message.contains("not a valid job object"),
+            "{}",
+            e.message
+        );
 
         let e = parse_job(b"{\"id\": 9}").expect_err("no token");
         assert_eq!(e.message, "missing job token");

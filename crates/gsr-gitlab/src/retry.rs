@@ -110,7 +110,10 @@ mod tests {
             httpdate::fmt_http_date(later).parse().unwrap(),
         );
         let w = server_wait(&h).unwrap();
-        assert!(w > Duration::from_secs(25) && w <= Duration::from_secs(30), "{w:?}");
+        assert!(
+            w > Duration::from_secs(25) && w <= Duration::from_secs(30),
+            "{w:?}"
+        );
     }
 
     #[test]

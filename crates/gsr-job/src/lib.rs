@@ -385,7 +385,10 @@ mod tests {
     #[test]
     fn failure_reason_mapping_follows_server_list() {
         let none: Vec<String> = vec![];
-        assert_eq!(map_failure_reason("script_failure", &none), "script_failure");
+        assert_eq!(
+            map_failure_reason("script_failure", &none),
+            "script_failure"
+        );
         assert_eq!(map_failure_reason("job_canceled", &none), "unknown_failure");
         assert_eq!(
             map_failure_reason("missing_dependency_failure", &none),

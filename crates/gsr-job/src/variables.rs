@@ -92,7 +92,9 @@ impl Variables {
     /// Is `key` set to a true-ish value (`1`, `true`, `yes`, case-insensitive)?
     pub fn is_true(&self, key: &str) -> bool {
         matches!(
-            self.get(key).map(|s| s.trim().to_ascii_lowercase()).as_deref(),
+            self.get(key)
+                .map(|s| s.trim().to_ascii_lowercase())
+                .as_deref(),
             Some("1" | "true" | "yes")
         )
     }
@@ -164,7 +166,22 @@ pub fn expand<'a>(value: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> Stri
             i += 1;
             continue;
         }
-        // `$` found at i.
+        // `$` found at i. Like gitlab-runner (Go's os.Expand with its lookup): `$$` is a
+        // literal `$`, and shell specials (`$1`, `$?`, `$@`, …) are kept as written.
+        match bytes.get(i + 1) {
+            Some(b'$') => {
+                out.push_str(&value[literal_start..i]);
+                out.push('$');
+                i += 2;
+                literal_start = i;
+                continue;
+            }
+            Some(c) if c.is_ascii_digit() || b"*#@!?-".contains(c) => {
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
         let (name, consumed) = if bytes.get(i + 1) == Some(&b'{') {
             match value[i + 2..].find('}') {
                 Some(end) if value[i + 2..i + 2 + end].bytes().all(is_name_byte) && end > 0 => {
@@ -202,10 +219,16 @@ mod tests {
 
     #[test]
     fn expands_known_and_braced_names() {
-        let v = vars(&[("A", "x"), ("B", "$A-${A}/$MISSING!"), ("C", "cost: $ 5 $")]);
+        let v = vars(&[
+            ("A", "x"),
+            ("B", "$A-${A}/$MISSING!"),
+            ("C", "cost: $ 5 $"),
+            ("D", "$$A $1 $? $@"),
+        ]);
         let e = v.expanded();
         assert_eq!(e.get("B"), Some("x-x/!"));
         assert_eq!(e.get("C"), Some("cost: $ 5 $"));
+        assert_eq!(e.get("D"), Some("$A $1 $? $@"));
     }
 
     #[test]

@@ -1,0 +1,248 @@
+//! [`AdminClient`]: a typed async client for the admin API, for tests in any crate.
+//!
+//! Tests should read like scenarios ("create a runner, push a repo, enqueue a job, wait
+//! until it succeeded") rather than like HTTP plumbing, and should fail with the
+//! simulator's own error message when a spec is invalid. Every method returns
+//! `anyhow::Result` carrying the status and body of a failed call.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::spec::JobSpecInput;
+use crate::types::{
+    Fault, JobView, Project, RequestLogEntry, RunnerCreated, RunnerInput, RunnerView,
+};
+use crate::util::percent_encode;
+
+/// Client for `/-/sim/` of one simulator.
+#[derive(Clone, Debug)]
+pub struct AdminClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client for the simulator at `base_url` (no trailing slash needed).
+    pub fn new(base_url: impl Into<String>, admin_token: impl Into<String>) -> Self {
+        Self {
+            base: base_url.into().trim_end_matches('/').to_string(),
+            token: admin_token.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The simulator's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}/-/sim/{path}", self.base))
+            .header("PRIVATE-TOKEN", &self.token)
+    }
+
+    async fn send(&self, req: RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req.send().await.context("admin API request failed")?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let url = resp.url().clone();
+        let body = resp.text().await.unwrap_or_default();
+        bail!("{url}: {status}: {body}")
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> anyhow::Result<T> {
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.json(self.request(Method::POST, path).json(body)).await
+    }
+
+    /// Creates a UI-style runner (`glrt-` token) with these tags; returns (id, token).
+    pub async fn create_runner(
+        &self,
+        tags: &[&str],
+        run_untagged: bool,
+    ) -> anyhow::Result<(u64, String)> {
+        let created = self
+            .create_runner_with(&RunnerInput {
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                run_untagged,
+                ..RunnerInput::default()
+            })
+            .await?;
+        Ok((created.id, created.token))
+    }
+
+    /// Creates a runner with every setting available.
+    pub async fn create_runner_with(&self, input: &RunnerInput) -> anyhow::Result<RunnerCreated> {
+        self.post_json("runners", input).await
+    }
+
+    /// A runner with its managers and their declared features.
+    pub async fn runner(&self, id: u64) -> anyhow::Result<RunnerView> {
+        self.json(self.request(Method::GET, &format!("runners/{id}")))
+            .await
+    }
+
+    /// Creates a project (and its bare repository) at `path` (`group/project`).
+    pub async fn create_project(&self, path: &str) -> anyhow::Result<Project> {
+        self.post_json("projects", &serde_json::json!({ "path": path }))
+            .await
+    }
+
+    /// `git push`es `branch` of the local repository at `local_repo_dir` to the project,
+    /// as `root` with the admin token.
+    pub async fn push_repo(
+        &self,
+        project_path: &str,
+        local_repo_dir: &Path,
+        branch: &str,
+    ) -> anyhow::Result<()> {
+        let (scheme, rest) = self
+            .base
+            .split_once("://")
+            .ok_or_else(|| anyhow!("base URL {} has no scheme", self.base))?;
+        let url = format!(
+            "{scheme}://root:{}@{rest}/{project_path}.git",
+            percent_encode(&self.token)
+        );
+        let out = tokio::process::Command::new("git")
+            .arg("-C")
+            .arg(local_repo_dir)
+            .args(["-c", "credential.helper=", "push", "--quiet", &url])
+            .arg(format!("refs/heads/{branch}:refs/heads/{branch}"))
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .output()
+            .await
+            .context("cannot run git push")?;
+        if !out.status.success() {
+            bail!(
+                "git push of {branch} to {project_path} failed: {}",
+                String::from_utf8_lossy(&out.stderr).replace(&self.token, "[MASKED]")
+            );
+        }
+        Ok(())
+    }
+
+    /// Enqueues a job; returns (id, job token).
+    pub async fn create_job(&self, spec: &JobSpecInput) -> anyhow::Result<(u64, String)> {
+        let v: Value = self.post_json("jobs", spec).await?;
+        let id = v["id"].as_u64().ok_or_else(|| anyhow!("no id in {v}"))?;
+        let token = v["token"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no token in {v}"))?
+            .to_string();
+        Ok((id, token))
+    }
+
+    /// The job as the simulator sees it.
+    pub async fn job(&self, id: u64) -> anyhow::Result<JobView> {
+        self.json(self.request(Method::GET, &format!("jobs/{id}")))
+            .await
+    }
+
+    /// All jobs.
+    pub async fn jobs(&self) -> anyhow::Result<Vec<JobView>> {
+        self.json(self.request(Method::GET, "jobs")).await
+    }
+
+    /// The payload served to the runner when the job was picked.
+    pub async fn payload(&self, id: u64) -> anyhow::Result<Value> {
+        self.json(self.request(Method::GET, &format!("jobs/{id}/payload")))
+            .await
+    }
+
+    /// The stored trace bytes.
+    pub async fn trace(&self, id: u64) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .send(self.request(Method::GET, &format!("jobs/{id}/trace")))
+            .await?;
+        Ok(resp.bytes().await?.to_vec())
+    }
+
+    /// The stored artifact file of `artifact_type`, `None` when there is none.
+    pub async fn artifact(&self, id: u64, artifact_type: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let resp = self
+            .request(Method::GET, &format!("jobs/{id}/artifacts/{artifact_type}"))
+            .send()
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            bail!("artifact {artifact_type} of job {id}: {}", resp.status());
+        }
+        Ok(Some(resp.bytes().await?.to_vec()))
+    }
+
+    /// Cancels a job (GitLab's "Cancel" button); returns the job afterwards.
+    pub async fn cancel(&self, id: u64) -> anyhow::Result<JobView> {
+        self.json(self.request(Method::POST, &format!("jobs/{id}/cancel")))
+            .await
+    }
+
+    /// Queues a fault.
+    pub async fn fault(&self, fault: Fault) -> anyhow::Result<()> {
+        let _: Value = self.post_json("faults", &fault).await?;
+        Ok(())
+    }
+
+    /// Removes all queued faults.
+    pub async fn clear_faults(&self) -> anyhow::Result<()> {
+        self.send(self.request(Method::DELETE, "faults")).await?;
+        Ok(())
+    }
+
+    /// The request log, oldest first.
+    pub async fn requests(&self) -> anyhow::Result<Vec<RequestLogEntry>> {
+        self.json(self.request(Method::GET, "requests")).await
+    }
+
+    /// Empties the request log.
+    pub async fn clear_requests(&self) -> anyhow::Result<()> {
+        self.send(self.request(Method::DELETE, "requests")).await?;
+        Ok(())
+    }
+
+    /// Polls the job until its status is one of `statuses` (e.g. `&[JobStatus::Success]`
+    /// or `&["success", "failed"]`); errors after `timeout` with the last status seen.
+    pub async fn wait_for_status<S: AsRef<str>>(
+        &self,
+        id: u64,
+        statuses: &[S],
+        timeout: Duration,
+    ) -> anyhow::Result<JobView> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.job(id).await?;
+            if statuses.iter().any(|s| job.status == s.as_ref()) {
+                return Ok(job);
+            }
+            if Instant::now() >= deadline {
+                let wanted: Vec<&str> = statuses.iter().map(AsRef::as_ref).collect();
+                bail!(
+                    "job {id} is {} after {timeout:?}, wanted one of {wanted:?}",
+                    job.status
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

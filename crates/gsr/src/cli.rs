@@ -1,0 +1,196 @@
+//! Command-line interface. Flag and environment names follow `gitlab-runner` so that
+//! `gsr run-single` is a drop-in: the same container env or systemd unit works for both.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// GitLab Serverless Runner.
+#[derive(Debug, Parser)]
+#[command(name = "gsr", version, about = "GitLab Serverless Runner", long_about = None)]
+pub struct Cli {
+    /// Verbose logs (same as RUST_LOG=debug).
+    #[arg(long, global = true, env = "DEBUG", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Claim and run jobs with a runner token (like `gitlab-runner run-single`).
+    RunSingle(RunSingleArgs),
+    /// Run one already-claimed job payload with its job token only.
+    Exec(ExecArgs),
+    /// Register a runner: a legacy registration token or a `glrt-` authentication token.
+    Register(RegisterArgs),
+    /// Check that a runner token is valid.
+    Verify(TokenArgs),
+    /// Remove this runner manager (`glrt-` tokens) or the whole runner (legacy tokens).
+    Unregister(UnregisterArgs),
+}
+
+/// Settings every job-running command shares.
+#[derive(Debug, Args, Clone)]
+pub struct ExecutorArgs {
+    /// Executor: `shell` (local processes).
+    #[arg(long, env = "RUNNER_EXECUTOR", default_value = "shell")]
+    pub executor: String,
+    /// Where jobs are checked out.
+    #[arg(long, env = "RUNNER_BUILDS_DIR", default_value = "builds")]
+    pub builds_dir: PathBuf,
+    /// Where caches are kept (reserved for the cache support).
+    #[arg(long, env = "RUNNER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Trace output limit in kilobytes.
+    #[arg(long, env = "RUNNER_OUTPUT_LIMIT", default_value_t = 4096)]
+    pub output_limit: u64,
+    /// Runner name shown in job traces (default: the host name).
+    #[arg(long, short = 'n', env = "RUNNER_NAME")]
+    pub name: Option<String>,
+}
+
+/// `gsr run-single`.
+#[derive(Debug, Args)]
+pub struct RunSingleArgs {
+    /// GitLab URL, e.g. https://gitlab.com.
+    #[arg(long, short = 'u', env = "CI_SERVER_URL")]
+    pub url: String,
+    /// Runner authentication token.
+    #[arg(long, short = 't', env = "RUNNER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// Stop after this many jobs (0 = unlimited).
+    #[arg(long, env = "MAX_BUILDS", default_value_t = 0)]
+    pub max_builds: u64,
+    /// Stop after this many seconds without a job (0 = never).
+    #[arg(long, env = "WAIT_TIMEOUT", default_value_t = 0)]
+    pub wait_timeout: u64,
+    /// Seconds between job requests when GitLab does not long-poll.
+    #[arg(long, env = "CHECK_INTERVAL", default_value_t = 3.0)]
+    pub check_interval: f64,
+}
+
+/// `gsr exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The job payload (the 201 body of `jobs/request`); `-` reads standard input.
+    #[arg(long)]
+    pub job: String,
+    /// GitLab URL (default: the payload's `CI_SERVER_URL` variable).
+    #[arg(long, short = 'u', env = "CI_SERVER_URL")]
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// Do not send `PUT state=running` first (the claimer already did).
+    #[arg(long)]
+    pub no_ack: bool,
+}
+
+/// `gsr register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// GitLab URL.
+    #[arg(long, short = 'u', env = "CI_SERVER_URL")]
+    pub url: String,
+    /// Legacy registration token, or a `glrt-` runner authentication token.
+    #[arg(long, short = 'r', env = "REGISTRATION_TOKEN", hide_env_values = true)]
+    pub registration_token: Option<String>,
+    /// Same as --registration-token (gitlab-runner accepts a `glrt-` token as --token).
+    #[arg(long, short = 't', env = "RUNNER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Runner description.
+    #[arg(long, env = "RUNNER_NAME", default_value = "")]
+    pub description: String,
+    /// Comma-separated tags (legacy registration only).
+    #[arg(long, env = "RUNNER_TAG_LIST", default_value = "")]
+    pub tag_list: String,
+    /// Run untagged jobs (legacy registration only).
+    #[arg(long, env = "REGISTER_RUN_UNTAGGED", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub run_untagged: bool,
+    /// Lock to the project (legacy registration only).
+    #[arg(long, env = "REGISTER_LOCKED", value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
+    pub locked: bool,
+    /// `not_protected` or `ref_protected`.
+    #[arg(long, env = "REGISTER_ACCESS_LEVEL")]
+    pub access_level: Option<String>,
+    /// Maximum job timeout in seconds.
+    #[arg(long, env = "REGISTER_MAXIMUM_TIMEOUT")]
+    pub maximum_timeout: Option<u64>,
+    /// Register paused.
+    #[arg(long, env = "REGISTER_PAUSED", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub paused: bool,
+    /// Where to write the runner's settings (an env file, mode 0600).
+    #[arg(long, default_value = "gsr-runner.env")]
+    pub config: PathBuf,
+    #[arg(long, env = "RUNNER_EXECUTOR", default_value = "shell")]
+    /// Executor to declare to GitLab.
+    pub executor: String,
+}
+
+/// A GitLab URL and a runner token.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// GitLab URL.
+    #[arg(long, short = 'u', env = "CI_SERVER_URL")]
+    pub url: String,
+    /// Runner authentication token.
+    #[arg(long, short = 't', env = "RUNNER_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+/// `gsr unregister`.
+#[derive(Debug, Args)]
+pub struct UnregisterArgs {
+    #[command(flatten)]
+    pub target: TokenArgs,
+    /// For `glrt-` tokens: remove the whole runner, not only this machine's manager.
+    #[arg(long)]
+    pub all_managers: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_single_flags_like_gitlab_runner() {
+        let cli = Cli::try_parse_from([
+            "gsr",
+            "run-single",
+            "-u",
+            "https://gitlab.example.com",
+            "-t",
+            "glrt-x",
+            "--executor",
+            "shell",
+            "--builds-dir",
+            "/b",
+            "--max-builds",
+            "2",
+            "--wait-timeout",
+            "0",
+            "--name",
+            "n",
+            "--output-limit",
+            "100",
+        ])
+        .expect("parses");
+        let Command::RunSingle(a) = cli.command else {
+            panic!("run-single")
+        };
+        assert_eq!(a.url, "https://gitlab.example.com");
+        assert_eq!(a.token.as_deref(), Some("glrt-x"));
+        assert_eq!(a.max_builds, 2);
+        assert_eq!(a.executor.output_limit, 100);
+        assert_eq!(a.executor.builds_dir, PathBuf::from("/b"));
+    }
+}

@@ -1,0 +1,189 @@
+//! Test harness: a GitLab simulator with one project and one runner, a sample repository
+//! pushed over real git smart HTTP, and helpers to run the real `gsr` binary against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use gsr_sim::{AdminClient, JobSpecInput, JobView, SimConfig, SimHandle};
+
+/// A known runner-token-like secret we can search for in outputs.
+pub struct Env {
+    pub sim: SimHandle,
+    pub admin: AdminClient,
+    pub dir: tempfile::TempDir,
+    pub project_id: u64,
+    pub runner_token: String,
+    /// Commits on `main`, oldest first.
+    pub shas: Vec<String>,
+}
+
+pub fn gsr_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gsr")
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Env {
+    /// A simulator, a project `group/demo` with 3 commits on `main`, and a runner.
+    pub async fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = SimConfig {
+            data_dir: dir.path().join("sim"),
+            long_poll: Duration::from_secs(1),
+            trace_update_interval: 1,
+            ..SimConfig::default()
+        };
+        let sim = gsr_sim::spawn(cfg).await.expect("simulator starts");
+        let admin = sim.admin();
+        let project = admin.create_project("group/demo").await.expect("project");
+
+        let repo = dir.path().join("src-repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        let mut shas = Vec::new();
+        for i in 1..=3 {
+            std::fs::write(repo.join("README.md"), format!("demo commit {i}\n")).unwrap();
+            std::fs::write(repo.join(format!("file{i}.txt")), format!("{i}\n")).unwrap();
+            git(&repo, &["add", "-A"]);
+            git(&repo, &["commit", "-q", "-m", &format!("commit {i}")]);
+            let head = Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .current_dir(&repo)
+                .output()
+                .expect("rev-parse");
+            shas.push(String::from_utf8_lossy(&head.stdout).trim().to_string());
+        }
+        admin
+            .push_repo(&project.path, &repo, "main")
+            .await
+            .expect("push");
+        let (_, runner_token) = admin.create_runner(&[], true).await.expect("runner");
+        Env {
+            sim,
+            admin,
+            dir,
+            project_id: project.id,
+            runner_token,
+            shas,
+        }
+    }
+
+    pub fn job(&self, script: &[&str]) -> JobSpecInput {
+        JobSpecInput::new(self.project_id, script.iter().copied())
+    }
+
+    pub async fn enqueue(&self, spec: JobSpecInput) -> u64 {
+        self.admin.create_job(&spec).await.expect("job enqueued").0
+    }
+
+    pub fn builds_dir(&self) -> PathBuf {
+        self.dir.path().join("builds")
+    }
+
+    /// `gsr run-single` with the runner token in the environment (as in a container).
+    pub fn run_single_cmd(&self, max_builds: u32) -> Command {
+        let mut c = Command::new(gsr_bin());
+        c.arg("run-single")
+            .arg("--url")
+            .arg(&self.sim.url)
+            .arg("--builds-dir")
+            .arg(self.builds_dir())
+            .arg("--max-builds")
+            .arg(max_builds.to_string())
+            .arg("--wait-timeout")
+            .arg("20")
+            .arg("--check-interval")
+            .arg("0.2")
+            .env("RUNNER_TOKEN", &self.runner_token)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run `gsr run-single` to completion in a blocking thread.
+    pub async fn run_single(&self, max_builds: u32) -> Output {
+        let mut cmd = self.run_single_cmd(max_builds);
+        tokio::task::spawn_blocking(move || cmd.output().expect("gsr runs"))
+            .await
+            .expect("join")
+    }
+
+    pub async fn view(&self, id: u64) -> JobView {
+        self.admin.job(id).await.expect("job view")
+    }
+
+    pub async fn trace(&self, id: u64) -> String {
+        String::from_utf8_lossy(&self.admin.trace(id).await.expect("trace")).into_owned()
+    }
+}
+
+/// Assert the job ended with `status`, printing the trace and runner log if not.
+pub async fn expect_status(env: &Env, id: u64, status: &str, out: &Output) -> JobView {
+    let view = env.view(id).await;
+    if view.status.as_str() != status {
+        panic!(
+            "job {id}: expected {status}, got {:?} ({:?})\n--- trace ---\n{}\n--- gsr stderr ---\n{}",
+            view.status,
+            view.failure_reason,
+            env.trace(id).await,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    view
+}
+
+/// Is a process alive?
+pub fn alive(pid: i32) -> bool {
+    // Signal 0 checks existence; a zombie counts as gone.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    if stat.is_empty() {
+        return false;
+    }
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("");
+    state != "Z" && state != "X"
+}
+
+/// Run a command to completion without blocking the test's runtime (the simulator runs
+/// on it).
+pub async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("command runs"))
+        .await
+        .expect("join")
+}
+
+/// `.output_async()` on a borrowed command builder.
+pub trait OutputAsync {
+    /// See [`output`].
+    fn output_async(&mut self) -> impl std::future::Future<Output = Output>;
+}
+
+impl OutputAsync for Command {
+    fn output_async(&mut self) -> impl std::future::Future<Output = Output> {
+        let mut cmd = std::mem::replace(self, Command::new("true"));
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().expect("command runs"))
+                .await
+                .expect("join")
+        }
+    }
+}

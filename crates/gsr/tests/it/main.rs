@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `gsr` binary against the GitLab simulator, with real git
+//! repositories served over smart HTTP and real bash processes.
+
+mod harness;
+mod jobs;
+mod protocol;
+mod sources;
