@@ -165,9 +165,9 @@ impl Git<'_> {
             "core.fsmonitor=false",
             "-c",
             "core.hooksPath=/dev/null",
-            // gitlab-runner's traces carry no "initial branch name" hint block.
+            // No "initial branch name" hint block in the trace (the checkout is detached anyway).
             "-c",
-            "advice.defaultBranchName=false",
+            "init.defaultBranch=main",
         ]);
         if let Some(creds) = self.creds {
             cmd.arg("-c")

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -20,8 +20,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
-use tokio_util::io::ReaderStream;
 
+use crate::artifacts::file_response;
 use crate::faults;
 use crate::http_util::{header_str, parse_id, ApiError};
 use crate::repo;
@@ -359,25 +359,17 @@ async fn get_artifact(
             .artifacts
             .get(&artifact_type)
             .ok_or_else(|| ApiError::not_found("Artifact"))?;
-        Ok::<_, ApiError>((artifact.path.clone(), artifact.size))
+        Ok::<_, ApiError>((
+            artifact.path.clone(),
+            artifact.size,
+            artifact.filename.clone(),
+        ))
     })();
-    let (path, size) = match found {
-        Ok(found) => found,
-        Err(e) => return e.into_response(),
+    let result = match found {
+        Ok((path, size, filename)) => file_response(&path, size, &filename).await,
+        Err(e) => Err(e),
     };
-    match tokio::fs::File::open(&path).await {
-        Ok(file) => {
-            let mut resp = Body::from_stream(ReaderStream::new(file)).into_response();
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-            resp
-        }
-        Err(_) => ApiError::not_found("Artifact file").into_response(),
-    }
+    respond(result)
 }
 
 async fn cancel_job(State(st): State<SimState>, Path(id): Path<String>) -> Response {

@@ -29,9 +29,10 @@ use tokio_util::io::ReaderStream;
 
 use crate::faults;
 use crate::http_util::{header_str, parse_id, ApiError};
+use crate::jobs::authenticate_job;
 use crate::spec::{format_for_type, ARTIFACT_FORMATS};
 use crate::state::{ArtifactRec, SimState};
-use crate::types::{FaultRoute, JobStatus};
+use crate::types::FaultRoute;
 
 /// Limit on a non-file form field.
 const MAX_FORM_FIELD: usize = 64 * 1024;
@@ -59,18 +60,7 @@ fn job_token(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<Str
 
 /// Workhorse's authorize call: the token must be this job's and the job must be running.
 fn authorize(st: &SimState, id: u64, token: Option<&str>) -> Result<(), ApiError> {
-    let db = st.db();
-    let job = db.jobs.get(&id).ok_or_else(|| ApiError::forbidden(""))?;
-    if token != Some(job.token.as_str()) {
-        return Err(ApiError::forbidden(""));
-    }
-    if job.awaiting_ack || !matches!(job.status, JobStatus::Running | JobStatus::Canceling) {
-        return Err(ApiError::job_forbidden(
-            job.status,
-            "Job is not processing on runner",
-        ));
-    }
-    Ok(())
+    authenticate_job(&mut st.db().jobs, id, token, false).map(|_| ())
 }
 
 async fn upload(
@@ -173,7 +163,15 @@ async fn upload_inner(
         return Err(failure);
     }
     let file = file.ok_or_else(|| ApiError::validation("file is missing"))?;
-    let result = store(st, id, &job_dir, &file, &form, &query);
+    let result = store(
+        st,
+        id,
+        token.as_deref().unwrap_or_default(),
+        &job_dir,
+        &file,
+        &form,
+        &query,
+    );
     // On success the temporary file was renamed; on failure it goes away here.
     let _ = tokio::fs::remove_file(&file.temp).await;
     result
@@ -263,6 +261,7 @@ async fn receive(
 fn store(
     st: &SimState,
     id: u64,
+    token: &str,
     job_dir: &FsPath,
     file: &Received,
     form: &HashMap<String, String>,
@@ -287,16 +286,8 @@ fn store(
     }
     let created = || (StatusCode::CREATED, "201").into_response();
     let mut db = st.db();
-    let job = db
-        .jobs
-        .get_mut(&id)
-        .ok_or_else(|| ApiError::forbidden(""))?;
-    if job.awaiting_ack || !matches!(job.status, JobStatus::Running | JobStatus::Canceling) {
-        return Err(ApiError::job_forbidden(
-            job.status,
-            "Job is not processing on runner",
-        ));
-    }
+    // The job may have ended while the file streamed in.
+    let job = authenticate_job(&mut db.jobs, id, Some(token), false)?;
     if let Some(existing) = job.artifacts.get(&artifact_type) {
         return if existing.sha256 == file.sha256 {
             Ok(created())
@@ -367,9 +358,18 @@ async fn download_inner(
 ) -> Result<Response, ApiError> {
     let id = parse_id(id)?;
     let (path, filename, size) = resolve_download(st, id, token.as_deref())?;
-    let file = tokio::fs::File::open(&path)
+    file_response(&path, size, &filename).await
+}
+
+/// Streams a stored artifact file as an `application/octet-stream` attachment.
+pub(crate) async fn file_response(
+    path: &FsPath,
+    size: u64,
+    filename: &str,
+) -> Result<Response, ApiError> {
+    let file = tokio::fs::File::open(path)
         .await
-        .map_err(|_| ApiError::not_found("Artifact"))?;
+        .map_err(|_| ApiError::not_found("Artifact file"))?;
     let mut resp = Body::from_stream(ReaderStream::new(file)).into_response();
     let h = resp.headers_mut();
     h.insert(

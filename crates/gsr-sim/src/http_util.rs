@@ -69,10 +69,12 @@ impl ApiError {
 
     /// `not_found!`.
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            json!({ "message": format!("404 {what} Not Found") }),
-        )
+        let message = if what.is_empty() {
+            "404 Not Found".to_string()
+        } else {
+            format!("404 {what} Not Found")
+        };
+        Self::new(StatusCode::NOT_FOUND, json!({ "message": message }))
     }
 
     /// Any other status with a message.

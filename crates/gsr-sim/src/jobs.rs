@@ -24,6 +24,8 @@ use std::time::SystemTime;
 use crate::faults::{self, FaultNote};
 use crate::http_util::{json_params, opt_i64, opt_string, parse_id, req_string, ApiError};
 use crate::spec::FAILURE_REASONS;
+use std::collections::BTreeMap;
+
 use crate::state::{JobRec, SimState};
 use crate::types::{FaultKind, FaultRoute, JobStatus};
 
@@ -35,6 +37,34 @@ pub(crate) fn routes(state: &SimState) -> Router<SimState> {
             faults::guard,
         )),
     )
+}
+
+/// Rails' `authenticate_job!`: an unknown job or a token that is not the job's own is a
+/// bare 403; a job that is not processing is 403 with `Job-Status`. Only `PUT /jobs/:id`
+/// passes `allow_awaiting_ack`, admitting a job that waits for its two-phase
+/// acknowledgement.
+pub(crate) fn authenticate_job<'a>(
+    jobs: &'a mut BTreeMap<u64, JobRec>,
+    id: u64,
+    token: Option<&str>,
+    allow_awaiting_ack: bool,
+) -> Result<&'a mut JobRec, ApiError> {
+    let job = jobs.get_mut(&id).ok_or_else(|| ApiError::forbidden(""))?;
+    if token != Some(job.token.as_str()) {
+        return Err(ApiError::forbidden(""));
+    }
+    let processing = if allow_awaiting_ack {
+        job.token_is_live()
+    } else {
+        job.is_processing()
+    };
+    if !processing {
+        return Err(ApiError::job_forbidden(
+            job.status,
+            "Job is not processing on runner",
+        ));
+    }
+    Ok(job)
 }
 
 /// The parsed update request.
@@ -105,19 +135,7 @@ fn record_output(job: &mut JobRec, update: &Update) {
 fn apply(st: &SimState, id: u64, update: Update) -> Result<Response, ApiError> {
     let mut guard = st.db();
     let db = &mut *guard;
-    let job = db
-        .jobs
-        .get_mut(&id)
-        .ok_or_else(|| ApiError::forbidden(""))?;
-    if job.token != update.token {
-        return Err(ApiError::forbidden(""));
-    }
-    if !job.token_is_live() {
-        return Err(ApiError::job_forbidden(
-            job.status,
-            "Job is not processing on runner",
-        ));
-    }
+    let job = authenticate_job(&mut db.jobs, id, Some(&update.token), true)?;
     let state = update.state.as_deref().unwrap_or("");
 
     if job.awaiting_ack {
@@ -147,29 +165,26 @@ fn apply(st: &SimState, id: u64, update: Update) -> Result<Response, ApiError> {
         "success" | "failed" => {
             job.final_update_attempts += 1;
             record_output(job, &update);
+            if state == "failed" {
+                job.exit_code = update.exit_code;
+            }
+            let current = job.status;
             if db
                 .faults
                 .take(FaultRoute::UpdateJob, &[FaultKind::Final202])
                 .is_some()
             {
-                let status = db.jobs.get(&id).map_or(JobStatus::Running, |j| j.status);
-                let mut resp = answer(StatusCode::ACCEPTED, status, Some(1));
+                let mut resp = answer(StatusCode::ACCEPTED, current, Some(1));
                 resp.extensions_mut().insert(FaultNote("final_202".into()));
                 return Ok(resp);
             }
-            let Some(job) = db.jobs.get_mut(&id) else {
-                return Err(ApiError::forbidden(""));
-            };
-            let (status, reason) = if job.status == JobStatus::Canceling {
-                (JobStatus::Canceled, None)
-            } else if state == "success" {
-                (JobStatus::Success, None)
-            } else {
-                job.exit_code = update.exit_code;
-                (
+            let (status, reason) = match (current, state) {
+                (JobStatus::Canceling, _) => (JobStatus::Canceled, None),
+                (_, "success") => (JobStatus::Success, None),
+                _ => (
                     JobStatus::Failed,
                     Some(failure_reason(update.failure_reason.as_deref())),
-                )
+                ),
             };
             db.finish_job(id, status, reason);
             Ok(answer(StatusCode::OK, status, None))

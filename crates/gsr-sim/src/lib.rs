@@ -42,8 +42,9 @@
 //! - The state mutex is never held across an `.await`; long polls wait on per-runner
 //!   `watch` channels.
 //! - Bad input is a 4xx with a message, never a panic.
-//! - Job tokens are secrets: the request log redacts `token` fields, and the admin API
-//!   shows a job's token only in the answer that created it.
+//! - Job and runner tokens are secrets: the request log redacts `token` fields and
+//!   `token=` query parameters; the admin API returns a job token only when creating the
+//!   job and inside the stored payload (`/-/sim/jobs/:id/payload`), never in listings.
 
 mod admin;
 mod artifacts;

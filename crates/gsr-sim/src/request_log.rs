@@ -72,6 +72,21 @@ pub(crate) fn redact(mut v: Value) -> Value {
     v
 }
 
+/// Path and query with the value of any `token` query parameter redacted.
+fn redact_uri(path: &str, query: Option<&str>) -> String {
+    let Some(query) = query else {
+        return path.to_string();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("token") => format!("{key}=[REDACTED]"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
+}
+
 /// Middleware recording one [`RequestLogEntry`] per request.
 pub(crate) async fn record(State(state): State<SimState>, req: Request, next: Next) -> Response {
     let headers = req.headers();
@@ -79,10 +94,7 @@ pub(crate) async fn record(State(state): State<SimState>, req: Request, next: Ne
     let mut entry = RequestLogEntry {
         seq: 0,
         method: req.method().to_string(),
-        uri: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| path.clone(), |p| p.as_str().to_string()),
+        uri: redact_uri(&path, req.uri().query()),
         path,
         status: 0,
         dropped: false,
@@ -123,6 +135,15 @@ mod tests {
         assert_eq!(v["token"], "[REDACTED]");
         assert_eq!(v["session"]["token"], "[REDACTED]");
         assert_eq!(v["info"]["features"]["a"], true);
+    }
+
+    #[test]
+    fn query_tokens_are_redacted() {
+        assert_eq!(redact_uri("/a", None), "/a");
+        assert_eq!(
+            redact_uri("/a", Some("debug_trace=false&token=glcbt-x")),
+            "/a?debug_trace=false&token=[REDACTED]"
+        );
     }
 
     #[test]

@@ -132,15 +132,23 @@ pub(crate) fn check_runner_settings(
     Ok(())
 }
 
-async fn register(State(st): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {
-    let params = match json_params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    finish(register_inner(&st, &params), Some(&params))
+/// Parses the JSON parameters, runs `handler`, and logs the (redacted) parameters.
+fn with_params(
+    headers: &HeaderMap,
+    body: &[u8],
+    handler: impl FnOnce(&Map<String, Value>) -> Result<Response, ApiError>,
+) -> Response {
+    match json_params(headers, body) {
+        Ok(params) => finish(handler(&params), Some(&params)),
+        Err(e) => e.into_response(),
+    }
 }
 
-fn register_inner(st: &SimState, params: &Map<String, Value>) -> Result<Response, ApiError> {
+async fn register(State(st): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {
+    with_params(&headers, &body, |p| register_runner(&st, p))
+}
+
+fn register_runner(st: &SimState, params: &Map<String, Value>) -> Result<Response, ApiError> {
     let token = req_string(params, "token")?;
     let description = opt_string(params, "description")?.unwrap_or_default();
     let tags = tag_list(params)?;
@@ -180,14 +188,10 @@ fn register_inner(st: &SimState, params: &Map<String, Value>) -> Result<Response
 }
 
 async fn verify(State(st): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {
-    let params = match json_params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    finish(verify_inner(&st, &params), Some(&params))
+    with_params(&headers, &body, |p| verify_runner(&st, p))
 }
 
-fn verify_inner(st: &SimState, params: &Map<String, Value>) -> Result<Response, ApiError> {
+fn verify_runner(st: &SimState, params: &Map<String, Value>) -> Result<Response, ApiError> {
     let token = req_string(params, "token")?;
     let system_id = system_id_param(params)?;
     let info = info_param(params)?;
@@ -204,11 +208,8 @@ fn verify_inner(st: &SimState, params: &Map<String, Value>) -> Result<Response, 
 }
 
 async fn unregister(State(st): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {
-    let params = match json_params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let result = req_string(&params, "token").and_then(|token| {
+    with_params(&headers, &body, |params| {
+        let token = req_string(params, "token")?;
         let mut db = st.db();
         let id = db
             .runner_by_token(&token)
@@ -216,18 +217,13 @@ async fn unregister(State(st): State<SimState>, headers: HeaderMap, body: Bytes)
             .ok_or_else(|| ApiError::forbidden(""))?;
         db.runners.remove(&id);
         Ok(StatusCode::NO_CONTENT.into_response())
-    });
-    finish(result, Some(&params))
+    })
 }
 
 async fn delete_manager(State(st): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {
-    let params = match json_params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let result = (|| {
-        let token = req_string(&params, "token")?;
-        let system_id = req_string(&params, "system_id")?;
+    with_params(&headers, &body, |params| {
+        let token = req_string(params, "token")?;
+        let system_id = req_string(params, "system_id")?;
         let mut db = st.db();
         let runner = db
             .runner_by_token_mut(&token)
@@ -237,16 +233,12 @@ async fn delete_manager(State(st): State<SimState>, headers: HeaderMap, body: By
             .remove(&system_id)
             .ok_or_else(|| ApiError::not_found("Runner manager"))?;
         Ok(StatusCode::NO_CONTENT.into_response())
-    })();
-    finish(result, Some(&params))
+    })
 }
 
 async fn reset_token(State(st): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {
-    let params = match json_params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let result = req_string(&params, "token").and_then(|token| {
+    with_params(&headers, &body, |params| {
+        let token = req_string(params, "token")?;
         let mut db = st.db();
         let runner = db
             .runner_by_token_mut(&token)
@@ -259,8 +251,7 @@ async fn reset_token(State(st): State<SimState>, headers: HeaderMap, body: Bytes
         runner.token = format!("{prefix}{}", random_alnum(20));
         // `token_expires_at` is only exposed for expiring tokens; ours never expire.
         Ok((StatusCode::CREATED, Json(json!({ "token": runner.token }))).into_response())
-    });
-    finish(result, Some(&params))
+    })
 }
 
 async fn request_job(State(st): State<SimState>, headers: HeaderMap, body: Bytes) -> Response {

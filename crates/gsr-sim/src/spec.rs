@@ -464,39 +464,9 @@ pub(crate) fn validate(input: JobSpecInput, repo: RepoFacts) -> Result<JobDef, S
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut required_features = Vec::new();
-    if artifacts.iter().any(|a| {
-        a.get("exclude")
-            .is_some_and(|e| e.as_array().is_some_and(|e| !e.is_empty()))
-    }) {
-        required_features.push("artifacts_exclude");
-    }
-    if artifacts
-        .iter()
-        .any(|a| a.get("artifact_type").and_then(Value::as_str) != Some("archive"))
-    {
-        required_features.push("upload_multiple_artifacts");
-    }
-    if refspecs_custom || git_ref.starts_with("refs/merge-requests/") {
-        required_features.push("refspecs");
-    }
-    if !input.allow_failure_exit_codes.is_empty() {
-        required_features.push("return_exit_code");
-    }
-    if release_script.is_some() {
-        required_features.push("multi_build_steps");
-    }
-    if cache.iter().any(|c| {
-        c.get("fallback_keys")
-            .and_then(Value::as_array)
-            .is_some_and(|k| !k.is_empty())
-    }) {
-        required_features.push("fallback_cache_keys");
-    }
-
     let mut script = input.before_script;
     script.extend(input.script);
-    Ok(JobDef {
+    let mut def = JobDef {
         name,
         stage,
         git_ref,
@@ -523,8 +493,47 @@ pub(crate) fn validate(input: JobSpecInput, repo: RepoFacts) -> Result<JobDef, S
         refspecs,
         release_script,
         hooks,
-        required_features,
-    })
+        required_features: Vec::new(),
+    };
+    def.required_features = required_features(&def, refspecs_custom);
+    Ok(def)
+}
+
+/// Rails' `Ci::Build::RUNNER_FEATURES` checks: the features a runner manager must declare
+/// to be given this job.
+fn required_features(def: &JobDef, custom_refspecs: bool) -> Vec<&'static str> {
+    let non_empty = |v: &Value, key: &str| {
+        v.get(key)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    let checks = [
+        (
+            "artifacts_exclude",
+            def.artifacts.iter().any(|a| non_empty(a, "exclude")),
+        ),
+        (
+            "upload_multiple_artifacts",
+            def.artifacts
+                .iter()
+                .any(|a| a.get("artifact_type").and_then(Value::as_str) != Some("archive")),
+        ),
+        (
+            "refspecs",
+            custom_refspecs || def.git_ref.starts_with("refs/merge-requests/"),
+        ),
+        ("return_exit_code", !def.allow_failure_exit_codes.is_empty()),
+        ("multi_build_steps", def.release_script.is_some()),
+        (
+            "fallback_cache_keys",
+            def.cache.iter().any(|c| non_empty(c, "fallback_keys")),
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, needed)| *needed)
+        .map(|(feature, _)| feature)
+        .collect()
 }
 
 /// The ref a spec names, `main` when it names none.

@@ -280,6 +280,11 @@ impl JobRec {
         self.awaiting_ack || matches!(self.status, JobStatus::Running | JobStatus::Canceling)
     }
 
+    /// Running or canceling on its runner (trace and artifacts are accepted).
+    pub fn is_processing(&self) -> bool {
+        !self.awaiting_ack && matches!(self.status, JobStatus::Running | JobStatus::Canceling)
+    }
+
     /// Waiting in the queue for a runner.
     pub fn is_queued(&self) -> bool {
         self.status == JobStatus::Pending && self.runner_id.is_none()

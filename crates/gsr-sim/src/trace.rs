@@ -21,6 +21,7 @@ use axum::Router;
 
 use crate::faults::{self, FaultNote};
 use crate::http_util::{header_str, media_type, parse_id, ApiError};
+use crate::jobs::authenticate_job;
 use crate::state::SimState;
 use crate::types::{FaultKind, FaultRoute, JobStatus};
 
@@ -83,19 +84,7 @@ fn append(
     }
     let mut guard = st.db();
     let db = &mut *guard;
-    let job = db
-        .jobs
-        .get_mut(&id)
-        .ok_or_else(|| ApiError::forbidden(""))?;
-    if token.as_deref() != Some(job.token.as_str()) {
-        return Err(ApiError::forbidden(""));
-    }
-    if job.awaiting_ack || !matches!(job.status, JobStatus::Running | JobStatus::Canceling) {
-        return Err(ApiError::job_forbidden(
-            job.status,
-            "Job is not processing on runner",
-        ));
-    }
+    let job = authenticate_job(&mut db.jobs, id, token.as_deref(), false)?;
     let raw_range = header_str(headers, "content-range").ok_or_else(|| {
         ApiError::status(StatusCode::BAD_REQUEST, "400 Missing header Content-Range")
     })?;

@@ -96,7 +96,7 @@ impl Sim {
         }
     }
 
-    /// A project with an empty repository, and a job spec pinned to a fake commit.
+    /// Creates a project (empty repository); returns its id.
     pub async fn project(&self, path: &str) -> u64 {
         self.admin.create_project(path).await.expect("project").id
     }
