@@ -102,6 +102,9 @@ pub enum JobRequest {
     NoJob {
         /// `X-GitLab-Last-Update`, if GitLab sent one.
         last_update: Option<String>,
+        /// Workhorse long-polled this request (`Gitlab-Ci-Builds-Polling: yes`): an early
+        /// answer means the queue changed, so ask again at once.
+        long_polling: bool,
     },
 }
 
@@ -427,6 +430,10 @@ impl Coordinator {
                 })
             }
             204 | 409 => Ok(JobRequest::NoJob {
+                long_polling: resp
+                    .headers()
+                    .get("Gitlab-Ci-Builds-Polling")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"yes")),
                 last_update: resp
                     .headers()
                     .get("X-GitLab-Last-Update")

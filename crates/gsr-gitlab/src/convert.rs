@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use gsr_job::{
-    ArtifactFormat, ArtifactRule, CacheRule, Dependency, GitSource, Image, JobSpec, SecretString,
-    Step, StepName, Variable, Variables, When,
+    ArtifactFormat, ArtifactRule, CacheRule, Dependency, GitSource, Hook, Image, JobSpec,
+    SecretString, Step, StepName, Variable, Variables, When,
 };
 
 use crate::wire::{self, JobResponse};
@@ -180,6 +180,15 @@ fn to_spec(w: JobResponse) -> Result<JobSpec, PayloadError> {
                 allow_failure: s.allow_failure,
             })
             .collect(),
+        hooks: w
+            .hooks
+            .into_iter()
+            .filter(|h| !h.script.is_empty())
+            .map(|h| Hook {
+                name: h.name,
+                script: h.script,
+            })
+            .collect(),
         artifacts,
         dependencies,
         cache: w
@@ -256,6 +265,8 @@ mod tests {
             .contains(&"s3cr3t-Value_123".to_string()));
         assert!(j.known_failure_reasons.len() > 30);
         assert_eq!(j.services[0].aliases, vec!["db".to_string()]);
+        assert_eq!(j.hooks.len(), 1);
+        assert_eq!(j.hooks[0].name, "pre_get_sources_script");
         // Debug output never shows the token.
         assert!(!format!("{j:?}").contains("FAKEjobTOKEN"));
     }

@@ -57,6 +57,8 @@ pub struct JobResponse {
     #[serde(default, deserialize_with = "nd")]
     pub steps: Vec<StepWire>,
     #[serde(default, deserialize_with = "nd")]
+    pub hooks: Vec<HookWire>,
+    #[serde(default, deserialize_with = "nd")]
     pub image: Option<ImageWire>,
     #[serde(default, deserialize_with = "nd")]
     pub services: Vec<ImageWire>,
@@ -143,6 +145,14 @@ pub struct StepWire {
     pub when: String,
     #[serde(default, deserialize_with = "nd")]
     pub allow_failure: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct HookWire {
+    #[serde(default, deserialize_with = "nd")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nd")]
+    pub script: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -49,6 +49,8 @@ pub struct JobSpec {
     pub variables: Variables,
     /// Steps in order: `script` (before_script + script), `release`, `after_script`.
     pub steps: Vec<Step>,
+    /// `hooks:` scripts, e.g. `pre_get_sources_script` / `post_get_sources_script`.
+    pub hooks: Vec<Hook>,
     /// Artifact rules, one per archive or report.
     pub artifacts: Vec<ArtifactRule>,
     /// Jobs whose artifacts this job downloads first.
@@ -167,6 +169,15 @@ pub struct Step {
     pub when: When,
     /// Whether failure of this step fails the job.
     pub allow_failure: bool,
+}
+
+/// A `hooks:` script that runs around a runner stage.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// `pre_get_sources_script` or `post_get_sources_script` (others are ignored).
+    pub name: String,
+    /// Commands.
+    pub script: Vec<String>,
 }
 
 /// Archive format of an artifact.

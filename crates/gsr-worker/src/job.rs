@@ -411,7 +411,7 @@ impl Ctx<'_> {
         // get_sources
         self.log
             .section_start("get_sources", "Getting source from Git repository");
-        let sources = self.get_sources().await;
+        let sources = self.get_sources(session, &env).await;
         self.log.section_end("get_sources");
         if let Err(o) = sources {
             return o;
@@ -615,7 +615,44 @@ impl Ctx<'_> {
         }
     }
 
-    async fn get_sources(&self) -> Result<(), Outcome> {
+    /// Run a `hooks:` script by name, if the job has one, as its own shell invocation.
+    async fn run_hook(
+        &self,
+        session: &mut dyn Session,
+        env: &[(String, String)],
+        name: &str,
+    ) -> Result<(), Outcome> {
+        let Some(hook) = self.spec.hooks.iter().find(|h| h.name == name) else {
+            return Ok(());
+        };
+        self.log.info(&format!("Running {name}..."));
+        let workdir_ready = self.dirs.project_dir.is_dir();
+        if !workdir_ready {
+            std::fs::create_dir_all(&self.dirs.project_dir).map_err(|e| {
+                Outcome::failed(
+                    FailureKind::RunnerSystem,
+                    None,
+                    format!("creating the project dir: {e}"),
+                )
+            })?;
+        }
+        self.run_step(
+            session,
+            name,
+            &hook.script,
+            env,
+            "running",
+            None,
+            &self.signals.cancel,
+        )
+        .await
+    }
+
+    async fn get_sources(
+        &self,
+        session: &mut dyn Session,
+        env: &[(String, String)],
+    ) -> Result<(), Outcome> {
         let strategy = git_strategy(&self.vars, self.spec.allow_git_fetch).map_err(|e| {
             Outcome::failed(
                 FailureKind::Script,
@@ -663,6 +700,15 @@ impl Ctx<'_> {
             submodule_update_flags: opt("GIT_SUBMODULE_UPDATE_FLAGS"),
             object_format: self.spec.git.object_format.clone(),
         };
+        // gitlab-runner skips the hooks when there is no git work to do.
+        let hooks = !matches!(
+            strategy,
+            gsr_git::GitStrategy::None | gsr_git::GitStrategy::Empty
+        );
+        if hooks {
+            self.run_hook(session, env, "pre_get_sources_script")
+                .await?;
+        }
         let tries = attempts(&self.vars, "GET_SOURCES_ATTEMPTS");
         let mut last = String::new();
         for attempt in 1..=tries {
@@ -676,7 +722,13 @@ impl Ctx<'_> {
                 .guarded(gsr_git::get_sources(&req, sink.as_ref()))
                 .await
             {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(())) => {
+                    if hooks {
+                        self.run_hook(session, env, "post_get_sources_script")
+                            .await?;
+                    }
+                    return Ok(());
+                }
                 Ok(Err(e)) => {
                     last = e.to_string();
                     self.log.error(&format!("getting sources failed: {last}"));

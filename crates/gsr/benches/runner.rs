@@ -205,7 +205,11 @@ async fn overhead(dir: &std::path::Path) -> (Vec<Duration>, Vec<Duration>) {
             let step = *steps.lock().unwrap();
             // The first few jobs warm up connections and caches.
             if i >= 5 {
-                let v = if strategy == "none" { &mut results.0 } else { &mut results.1 };
+                let v = if strategy == "none" {
+                    &mut results.0
+                } else {
+                    &mut results.1
+                };
                 v.push(total.saturating_sub(step));
             }
         }

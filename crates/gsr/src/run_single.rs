@@ -54,6 +54,7 @@ pub async fn run(args: RunSingleArgs) -> anyhow::Result<ExitCode> {
     let mut builds = 0u64;
     let mut idle_since = Instant::now();
     let mut failures = 0u32;
+    let mut quick_polls = 0u32;
     loop {
         if signals.stop_requesting.is_cancelled() {
             break;
@@ -107,10 +108,21 @@ pub async fn run(args: RunSingleArgs) -> anyhow::Result<ExitCode> {
                 }
                 continue;
             }
-            Ok(JobRequest::NoJob { last_update: lu }) => {
+            Ok(JobRequest::NoJob {
+                last_update: lu,
+                long_polling,
+            }) => {
                 failures = 0;
                 if lu.is_some() {
                     last_update = lu;
+                }
+                // Workhorse holds the next request until the queue changes: no need to
+                // wait here, and waiting would delay a job that just arrived. Only when
+                // answers keep coming back at once do we fall back to --check-interval.
+                let quick = started.elapsed() < Duration::from_millis(100);
+                quick_polls = if quick { quick_polls + 1 } else { 0 };
+                if long_polling && last_update.is_some() && quick_polls < 3 {
+                    continue;
                 }
             }
             Err(GitlabError::Forbidden { .. }) => {

@@ -154,7 +154,8 @@ async fn cancel_kills_the_process_tree_and_runs_after_script() {
         "sleep 1000 & echo $! > \"$PID_DIR/bg\"",
         "echo $$ > \"$PID_DIR/shell\"",
         "echo ready-to-cancel",
-        "sleep 1000",
+        // Output keeps trace PATCHes flowing; their replies carry the cancel signal.
+        "while true; do echo tick; sleep 0.3; done",
     ]);
     spec = spec.with_variable(VariableInput::new("PID_DIR", pids.to_string_lossy()));
     spec.after_script = vec!["echo \"after: $CI_JOB_STATUS\"".into()];
@@ -341,4 +342,80 @@ async fn output_over_the_limit_is_truncated_with_a_matching_checksum() {
         Some(view.trace_checksum.as_str())
     );
     assert_eq!(view.reported_bytesize, Some(view.trace_size));
+}
+
+#[tokio::test]
+async fn force_cancel_aborts_at_once_without_after_script() {
+    let env = Env::new().await;
+    let pids = env.dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let mut spec = env.job(&[
+        "sleep 1000 & echo $! > \"$PID_DIR/bg\"",
+        "echo ready-to-cancel",
+        // Output keeps trace PATCHes flowing; their replies carry the cancel signal.
+        "while true; do echo tick; sleep 0.3; done",
+    ]);
+    spec = spec.with_variable(VariableInput::new("PID_DIR", pids.to_string_lossy()));
+    spec.after_script = vec!["echo after-script-ran".into()];
+    let id = env.enqueue(spec).await;
+    let mut cmd = env.run_single_cmd(1);
+    let child = tokio::task::spawn_blocking(move || cmd.output().expect("gsr runs"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !env.trace(id).await.contains("ready-to-cancel") {
+        assert!(std::time::Instant::now() < deadline, "job never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Cancel, then cancel again while it is canceling: GitLab's force cancel.
+    env.admin.cancel(id).await.expect("cancel");
+    env.admin.cancel(id).await.expect("force cancel");
+    let out = child.await.unwrap();
+    expect_status(&env, id, "canceled", &out).await;
+    let trace = env.trace(id).await;
+    assert!(
+        !trace.contains("after-script-ran"),
+        "aborted jobs skip after_script: {trace}"
+    );
+    let pid: i32 = std::fs::read_to_string(pids.join("bg"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(pid), "background process {pid} survived the abort");
+}
+
+#[tokio::test]
+async fn get_sources_hooks_run_around_the_checkout() {
+    let env = Env::new().await;
+    let mut spec = env.job(&["echo script-ran"]);
+    spec.hooks = vec![
+        gsr_sim::HookInput {
+            name: "pre_get_sources_script".into(),
+            script: vec!["echo \"pre-hook: $(ls -A | wc -l) files\"".into()],
+        },
+        gsr_sim::HookInput {
+            name: "post_get_sources_script".into(),
+            script: vec!["test -e README.md && echo post-hook-sees-checkout".into()],
+        },
+    ];
+    let id = env.enqueue(spec).await;
+    let failing = env.job(&["echo never"]);
+    let mut failing = failing;
+    failing.hooks = vec![gsr_sim::HookInput {
+        name: "pre_get_sources_script".into(),
+        script: vec!["exit 5".into()],
+    }];
+    let bad = env.enqueue(failing).await;
+    let out = env.run_single(2).await;
+    expect_status(&env, id, "success", &out).await;
+    let trace = env.trace(id).await;
+    let pre = trace
+        .find("pre-hook: 0 files")
+        .expect("pre hook ran on an empty dir");
+    let post = trace
+        .find("post-hook-sees-checkout")
+        .expect("post hook ran");
+    let script = trace.find("script-ran\n").expect("script ran");
+    assert!(pre < post && post < script, "{trace}");
+    let view = expect_status(&env, bad, "failed", &out).await;
+    assert_eq!(view.exit_code, Some(5));
 }
