@@ -33,6 +33,20 @@ pub fn echo_text(command: &str) -> String {
     }
 }
 
+/// Loads the `$GITLAB_ENV` dotenv file (`KEY=value` lines) that earlier steps wrote, when
+/// the runner provided one. Read line by line and exported as data, never sourced: a value
+/// with spaces or `$(…)` is a value, not code. Lines that are empty, comments or not
+/// `NAME=…` with a valid name are skipped. POSIX sh compatible.
+pub const GITLAB_ENV_SOURCE: &str = r#"if [ -n "${GITLAB_ENV:-}" ] && [ -f "$GITLAB_ENV" ]; then
+  while IFS= read -r __gsr_line || [ -n "$__gsr_line" ]; do
+    case "$__gsr_line" in *=*) ;; *) continue ;; esac
+    case "${__gsr_line%%=*}" in ''|[0-9]*|*[!A-Za-z0-9_]*) continue ;; esac
+    export "${__gsr_line%%=*}=${__gsr_line#*=}"
+  done < "$GITLAB_ENV"
+  unset __gsr_line
+fi
+"#;
+
 /// Build the bash script for one step.
 ///
 /// The script enables errexit and pipefail, reads no stdin, echoes each command in bold
@@ -40,6 +54,8 @@ pub fn echo_text(command: &str) -> String {
 pub fn bash_script(commands: &[String], debug_trace: bool) -> String {
     let mut s = String::new();
     s.push_str("set -o pipefail\nset -o errexit\nset +o noclobber\n");
+    // Variables earlier stages wrote to the `$GITLAB_ENV` dotenv file (gitlab-runner 16.4+).
+    s.push_str(GITLAB_ENV_SOURCE);
     if debug_trace {
         s.push_str("set -o xtrace\n");
     }
@@ -83,6 +99,7 @@ mod tests {
         let cmd = s.find("\necho 'hi'\n").expect("command line");
         assert!(echo < cmd);
         assert!(s.ends_with("false\nexit 0\n"));
+        assert!(s.find(GITLAB_ENV_SOURCE).expect("sources GITLAB_ENV") < echo);
         assert!(!s.contains("xtrace"));
         assert!(bash_script(&[], true).contains("set -o xtrace"));
     }

@@ -25,6 +25,11 @@ pub struct JobDirs {
 }
 
 impl JobDirs {
+    /// The dotenv file steps append to (`$GITLAB_ENV`); sourced at the start of each step.
+    pub fn gitlab_env(&self) -> PathBuf {
+        self.tmp_dir.join("gitlab_runner_env")
+    }
+
     /// gitlab-runner's layout. Shared builds dirs (shell) add `<short token>/<concurrent id>`
     /// so two runners or two concurrent jobs never share a checkout; `GIT_STRATEGY=empty`
     /// gets an `-empty` suffix so it never wipes a reusable checkout.
@@ -136,6 +141,7 @@ pub fn job_variables(
         "RUNNER_TEMP_PROJECT_DIR",
         path(&dirs.tmp_dir),
     ));
+    v.push(Variable::raw("GITLAB_ENV", path(&dirs.gitlab_env())));
     v.expanded()
 }
 

@@ -378,6 +378,8 @@ impl Ctx<'_> {
         }
         std::fs::create_dir_all(&self.dirs.tmp_dir)
             .map_err(|e| sys("creating the job temp dir", &e))?;
+        std::fs::write(self.dirs.gitlab_env(), b"")
+            .map_err(|e| sys("creating the GITLAB_ENV file", &e))?;
         let req = PrepareRequest {
             job_id: self.spec.id,
             builds_dir: self.dirs.builds_dir.clone(),

@@ -419,3 +419,29 @@ async fn get_sources_hooks_run_around_the_checkout() {
     let view = expect_status(&env, bad, "failed", &out).await;
     assert_eq!(view.exit_code, Some(5));
 }
+
+#[tokio::test]
+async fn gitlab_env_passes_variables_to_later_steps() {
+    let env = Env::new().await;
+    let mut spec = env.job(&[
+        "echo \"FROM_SCRIPT=value with spaces\" >> \"$GITLAB_ENV\"",
+        "echo 'NOT_CODE=$(touch pwned) `touch pwned2`' >> \"$GITLAB_ENV\"",
+        "echo 'bad line without equals' >> \"$GITLAB_ENV\"",
+        "echo \"in script: $FROM_SCRIPT\"",
+    ]);
+    spec.after_script = vec![
+        "echo \"in after_script: $FROM_SCRIPT\"".into(),
+        "echo \"literal: $NOT_CODE\"".into(),
+        "test ! -e pwned && test ! -e pwned2 && echo no-code-ran".into(),
+    ];
+    let id = env.enqueue(spec).await;
+    let out = env.run_single(1).await;
+    expect_status(&env, id, "success", &out).await;
+    let trace = env.trace(id).await;
+    // Sourced at the start of each step, not in the middle of the one that wrote it.
+    assert!(trace.contains("in script: \n"), "{trace}");
+    assert!(
+        trace.contains("in after_script: value with spaces"),
+        "{trace}"
+    );
+}
