@@ -228,6 +228,18 @@ pub struct JobUpdate {
     pub output: Option<(String, u64)>,
 }
 
+impl JobUpdate {
+    /// `state=running`: the two-phase acknowledgement, or a keep-alive with the trace so far.
+    pub fn running(output: Option<(String, u64)>) -> Self {
+        JobUpdate {
+            state: "running",
+            failure_reason: None,
+            exit_code: None,
+            output,
+        }
+    }
+}
+
 /// Result of registration or verification.
 #[derive(Debug)]
 pub struct Registered {

@@ -118,14 +118,7 @@ pub async fn run_job(
     if cfg.two_phase {
         let mut failures = 0;
         loop {
-            let reply = client
-                .update(&JobUpdate {
-                    state: "running",
-                    failure_reason: None,
-                    exit_code: None,
-                    output: None,
-                })
-                .await;
+            let reply = client.update(&JobUpdate::running(None)).await;
             if reply.signal == gsr_gitlab::JobSignal::Cancel {
                 signals.cancel.cancel();
             }
@@ -276,14 +269,7 @@ pub async fn fail_unrunnable(client: JobClient, cfg: &WorkerConfig, reason: &str
         Err(e) => return Delivery::Failed(e.to_string()),
     };
     if cfg.two_phase {
-        let _ = client
-            .update(&JobUpdate {
-                state: "running",
-                failure_reason: None,
-                exit_code: None,
-                output: None,
-            })
-            .await;
+        let _ = client.update(&JobUpdate::running(None)).await;
     }
     let log = JobLog::new(trace.clone(), false);
     header(&log, cfg);

@@ -219,12 +219,10 @@ impl TraceUploader {
     async fn keep_alive(&mut self) {
         let reply = self
             .client
-            .update(&JobUpdate {
-                state: "running",
-                failure_reason: None,
-                exit_code: None,
-                output: Some((self.trace.checksum(), self.trace.len())),
-            })
+            .update(&JobUpdate::running(Some((
+                self.trace.checksum(),
+                self.trace.len(),
+            ))))
             .await;
         self.signals.apply(reply.signal);
         if reply.result == UpdateResult::Accepted {
