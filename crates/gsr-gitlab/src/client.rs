@@ -196,7 +196,7 @@ pub enum UpdateResult {
     NotFinished,
     /// 412: GitLab's trace does not validate; resend the whole trace, then repeat.
     TraceInvalid,
-    /// 403/404 or `Job-Status` canceled/failed: the job is gone.
+    /// 403/404: the job is gone (canceled, erased, token revoked).
     Gone,
     /// An outage or server error: the update cycle should be retried.
     Failed(String),
@@ -673,8 +673,11 @@ impl JobClient {
         let status = resp.status();
         let signal = signal_from(status, resp.headers());
         let interval = interval_from(resp.headers());
+        // The status code says what happened to this update; `Job-Status` (in `signal`)
+        // says what GitLab wants done with the job. An accepted final `failed` comes back
+        // as 200 + `Job-Status: failed`: accepted, not gone.
         let result = match status.as_u16() {
-            _ if signal == JobSignal::Abort => UpdateResult::Gone,
+            403 | 404 => UpdateResult::Gone,
             200 => UpdateResult::Accepted,
             202 => UpdateResult::NotFinished,
             412 => UpdateResult::TraceInvalid,

@@ -122,11 +122,17 @@ pub async fn run_job(
             if reply.signal == gsr_gitlab::JobSignal::Cancel {
                 signals.cancel.cancel();
             }
+            let dropped = reply.signal == gsr_gitlab::JobSignal::Abort;
             let error = match reply.result {
-                UpdateResult::Accepted | UpdateResult::NotFinished | UpdateResult::TraceInvalid => {
+                UpdateResult::Accepted | UpdateResult::NotFinished | UpdateResult::TraceInvalid
+                    if !dropped =>
+                {
                     break
                 }
-                UpdateResult::Gone => {
+                UpdateResult::Gone
+                | UpdateResult::Accepted
+                | UpdateResult::NotFinished
+                | UpdateResult::TraceInvalid => {
                     tracing::warn!(job = spec.id, "GitLab dropped the job before it started");
                     return JobReport {
                         job_id: spec.id,

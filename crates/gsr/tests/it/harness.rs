@@ -187,3 +187,33 @@ impl OutputAsync for Command {
         }
     }
 }
+
+impl Env {
+    /// Like [`Env::new`], but on a simulator whose configuration `change` adjusted (e.g. a
+    /// small `max_artifact_size`). The project, its repository and the runner are set up
+    /// again on the new simulator; the first one is shut down.
+    pub async fn with_config(change: impl FnOnce(&mut SimConfig)) -> Env {
+        let mut env = Env::new().await;
+        let mut cfg = SimConfig {
+            data_dir: env.dir.path().join("sim-configured"),
+            long_poll: Duration::from_secs(1),
+            trace_update_interval: 1,
+            ..SimConfig::default()
+        };
+        change(&mut cfg);
+        let sim = gsr_sim::spawn(cfg).await.expect("simulator starts");
+        let admin = sim.admin();
+        let project = admin.create_project("group/demo").await.expect("project");
+        admin
+            .push_repo(&project.path, &env.dir.path().join("src-repo"), "main")
+            .await
+            .expect("push");
+        let (_, runner_token) = admin.create_runner(&[], true).await.expect("runner");
+        let old = std::mem::replace(&mut env.sim, sim);
+        old.shutdown().await;
+        env.admin = admin;
+        env.project_id = project.id;
+        env.runner_token = runner_token;
+        env
+    }
+}

@@ -1,7 +1,9 @@
 //! End-to-end tests: the real `gsr` binary against the GitLab simulator, with real git
 //! repositories served over smart HTTP and real bash processes.
 
+mod artifacts;
 mod harness;
 mod jobs;
+mod lifecycle;
 mod protocol;
 mod sources;
