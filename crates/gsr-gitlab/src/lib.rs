@@ -13,12 +13,14 @@
 //! - [`retry`]: which failures are retried and how long to wait.
 //! - [`features`]: the `info.features` this runner truthfully declares.
 //! - [`system_id`]: the per-machine runner manager id.
+//! - [`webhook`]: Job Hook payloads and the secret-token check.
 
 pub mod client;
 pub mod convert;
 pub mod features;
 pub mod retry;
 pub mod system_id;
+pub mod webhook;
 pub mod wire;
 
 pub use client::{
