@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "gsr", version, about = "GitLab Serverless Runner", long_about = None)]
 pub struct Cli {
     /// Verbose logs (same as RUST_LOG=debug).
-    #[arg(long, global = true, env = "DEBUG", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    #[arg(long, global = true, env = "GSR_DEBUG", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     pub debug: bool,
     #[command(subcommand)]
     pub command: Command,
