@@ -4,7 +4,8 @@
 //! It creates runners (as the UI would, with `glrt-` tokens), projects with bare
 //! repositories, and jobs from a [`JobSpecInput`]; it shows job state, stored traces and
 //! artifacts, runners with their managers and declared features, and the request log; it
-//! cancels jobs and queues faults. Everything needs `PRIVATE-TOKEN: <admin token>` (or
+//! cancels jobs and queues faults. It also manages project webhooks (job events) and
+//! shows and resends their deliveries (see `crate::webhooks`). Everything needs `PRIVATE-TOKEN: <admin token>` (or
 //! `Authorization: Bearer <admin token>`).
 
 use std::collections::BTreeSet;
@@ -28,8 +29,9 @@ use crate::repo;
 use crate::runner_api::check_runner_settings;
 use crate::spec::{self, JobSpecInput};
 use crate::state::{JobRec, ProjectRec, RunnerRec, SimState};
-use crate::types::{Fault, JobStatus, Project, RunnerCreated, RunnerInput};
+use crate::types::{Fault, JobStatus, Project, ProjectHookInput, RunnerCreated, RunnerInput};
 use crate::util::random_alnum;
+use crate::webhooks;
 
 pub(crate) fn routes(state: &SimState) -> Router<SimState> {
     Router::new()
@@ -50,6 +52,16 @@ pub(crate) fn routes(state: &SimState) -> Router<SimState> {
             post(add_fault).get(list_faults).delete(clear_faults),
         )
         .route("/-/sim/requests", get(list_requests).delete(clear_requests))
+        .route("/-/sim/projects/{id}/hooks", post(add_hook).get(list_hooks))
+        .route(
+            "/-/sim/hooks/deliveries",
+            get(list_deliveries).delete(clear_deliveries),
+        )
+        .route(
+            "/-/sim/hooks/deliveries/{seq}/resend",
+            post(resend_delivery),
+        )
+        .route("/-/sim/hooks/{id}", get(get_hook).delete(remove_hook))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
 }
 
@@ -262,11 +274,7 @@ async fn create_job_inner(st: &SimState, body: &[u8]) -> ApiResult {
     let id = db.next_job_id();
     let token = db.new_job_token();
     let now = SystemTime::now();
-    let status = if def.dependencies.is_empty() {
-        JobStatus::Pending
-    } else {
-        JobStatus::Created
-    };
+    let waits = !def.dependencies.is_empty();
     db.jobs.insert(
         id,
         JobRec {
@@ -277,7 +285,7 @@ async fn create_job_inner(st: &SimState, body: &[u8]) -> ApiResult {
             pipeline_iid,
             pipeline_ref_created,
             def,
-            status,
+            status: JobStatus::Created,
             failure_reason: None,
             exit_code: None,
             runner_id: None,
@@ -286,7 +294,9 @@ async fn create_job_inner(st: &SimState, body: &[u8]) -> ApiResult {
             acknowledged: false,
             created_at: now,
             queued_at: now,
+            enqueued_at: None,
             started_at: None,
+            finished_at: None,
             trace: Vec::new(),
             reported_checksum: None,
             reported_bytesize: None,
@@ -297,10 +307,14 @@ async fn create_job_inner(st: &SimState, body: &[u8]) -> ApiResult {
             payload: None,
         },
     );
-    if status == JobStatus::Pending {
-        db.tick_runners_for(id);
-    } else {
+    // Every build is created, then enqueued unless it waits for earlier jobs: two
+    // events, as in Rails.
+    db.job_event(id);
+    if waits {
         db.settle_created_jobs();
+    } else {
+        db.enqueue_job(id);
+        db.tick_runners_for(id);
     }
     ok_json(StatusCode::CREATED, &json!({ "id": id, "token": token }))
 }
@@ -392,6 +406,7 @@ async fn cancel_job(State(st): State<SimState>, Path(id): Path<String>) -> Respo
                 if let Some(job) = db.jobs.get_mut(&id) {
                     job.status = JobStatus::Canceling;
                 }
+                db.job_event(id);
             }
             JobStatus::Created | JobStatus::Pending | JobStatus::Running | JobStatus::Canceling => {
                 db.finish_job(id, JobStatus::Canceled, None);
@@ -435,4 +450,93 @@ async fn list_requests(State(st): State<SimState>) -> Response {
 async fn clear_requests(State(st): State<SimState>) -> Response {
     st.db().requests.clear();
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn add_hook(State(st): State<SimState>, Path(id): Path<String>, body: Bytes) -> Response {
+    respond((|| {
+        let project_id = parse_id(&id)?;
+        let input: ProjectHookInput = parse(&body)?;
+        let url = reqwest::Url::parse(&input.url)
+            .map_err(|e| ApiError::bad_request(format!("url is invalid: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ApiError::bad_request(
+                "url is blocked: only http and https URLs are allowed",
+            ));
+        }
+        if let Some(token) = &input.token {
+            HeaderValue::from_str(token).map_err(|_| ApiError::bad_request("token is invalid"))?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let hook_id = {
+            let mut db = st.db();
+            if !db.projects.contains_key(&project_id) {
+                return Err(ApiError::not_found("Project"));
+            }
+            db.webhooks.add(project_id, input, tx)
+        };
+        tokio::spawn(webhooks::run_worker(st.clone(), rx));
+        ok_json(StatusCode::CREATED, &json!({ "id": hook_id }))
+    })())
+}
+
+async fn list_hooks(State(st): State<SimState>, Path(id): Path<String>) -> Response {
+    respond((|| {
+        let project_id = parse_id(&id)?;
+        let db = st.db();
+        if !db.projects.contains_key(&project_id) {
+            return Err(ApiError::not_found("Project"));
+        }
+        ok_json(StatusCode::OK, &db.webhooks.views_of_project(project_id))
+    })())
+}
+
+async fn get_hook(State(st): State<SimState>, Path(id): Path<String>) -> Response {
+    respond((|| {
+        let id = parse_id(&id)?;
+        let view = st
+            .db()
+            .webhooks
+            .view(id)
+            .ok_or_else(|| ApiError::not_found("Hook"))?;
+        ok_json(StatusCode::OK, &view)
+    })())
+}
+
+async fn remove_hook(State(st): State<SimState>, Path(id): Path<String>) -> Response {
+    respond((|| {
+        let id = parse_id(&id)?;
+        if !st.db().webhooks.remove(id) {
+            return Err(ApiError::not_found("Hook"));
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })())
+}
+
+async fn list_deliveries(State(st): State<SimState>) -> Response {
+    let deliveries = st.db().webhooks.deliveries();
+    respond(ok_json(StatusCode::OK, &deliveries))
+}
+
+async fn clear_deliveries(State(st): State<SimState>) -> Response {
+    st.db().webhooks.clear_deliveries();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// GitLab's "Resend request": sends now, answers with the new log entry.
+async fn resend_delivery(State(st): State<SimState>, Path(seq): Path<String>) -> Response {
+    let delivery = (|| {
+        let seq = parse_id(&seq)?;
+        st.db().webhooks.resend_of(seq).map_err(ApiError::not_found)
+    })();
+    let result = match delivery {
+        Ok(delivery) => {
+            let entries = webhooks::execute(&st, &webhooks::http_client(), &delivery).await;
+            match entries.into_iter().next() {
+                Some(entry) => ok_json(StatusCode::CREATED, &entry),
+                None => Err(ApiError::not_found("Hook")),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    respond(result)
 }

@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use crate::spec::JobSpecInput;
 use crate::types::{
-    Fault, JobView, Project, RequestLogEntry, RunnerCreated, RunnerInput, RunnerView,
+    Fault, HookDelivery, HookView, JobView, Project, ProjectHookInput, RequestLogEntry,
+    RunnerCreated, RunnerInput, RunnerView,
 };
 use crate::util::percent_encode;
 
@@ -219,6 +220,100 @@ impl AdminClient {
     pub async fn clear_requests(&self) -> anyhow::Result<()> {
         self.send(self.request(Method::DELETE, "requests")).await?;
         Ok(())
+    }
+
+    /// Adds a project webhook with job events on `url` (`X-Gitlab-Token: token` when
+    /// given); returns its id. Deliveries start with the next job status change.
+    pub async fn add_hook(
+        &self,
+        project_id: u64,
+        url: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<u64> {
+        self.add_hook_with(
+            project_id,
+            &ProjectHookInput {
+                token: token.map(str::to_string),
+                ..ProjectHookInput::new(url)
+            },
+        )
+        .await
+    }
+
+    /// Adds a project webhook with every setting available; returns its id.
+    pub async fn add_hook_with(
+        &self,
+        project_id: u64,
+        input: &ProjectHookInput,
+    ) -> anyhow::Result<u64> {
+        let v: Value = self
+            .post_json(&format!("projects/{project_id}/hooks"), input)
+            .await?;
+        v["id"].as_u64().ok_or_else(|| anyhow!("no id in {v}"))
+    }
+
+    /// The hooks of a project, with their auto-disabling state.
+    pub async fn hooks(&self, project_id: u64) -> anyhow::Result<Vec<HookView>> {
+        self.json(self.request(Method::GET, &format!("projects/{project_id}/hooks")))
+            .await
+    }
+
+    /// One hook.
+    pub async fn hook(&self, id: u64) -> anyhow::Result<HookView> {
+        self.json(self.request(Method::GET, &format!("hooks/{id}")))
+            .await
+    }
+
+    /// Deletes a hook; deliveries still queued for it are not sent.
+    pub async fn remove_hook(&self, id: u64) -> anyhow::Result<()> {
+        self.send(self.request(Method::DELETE, &format!("hooks/{id}")))
+            .await?;
+        Ok(())
+    }
+
+    /// The webhook delivery log, oldest first (also deliveries not sent: dropped by a
+    /// fault, or skipped because the hook was disabled).
+    pub async fn deliveries(&self) -> anyhow::Result<Vec<HookDelivery>> {
+        self.json(self.request(Method::GET, "hooks/deliveries"))
+            .await
+    }
+
+    /// Empties the delivery log (`seq` keeps counting).
+    pub async fn clear_deliveries(&self) -> anyhow::Result<()> {
+        self.send(self.request(Method::DELETE, "hooks/deliveries"))
+            .await?;
+        Ok(())
+    }
+
+    /// Polls the delivery log until it has at least `n` entries; returns them all.
+    /// Errors after `timeout` with what was logged so far.
+    pub async fn wait_for_deliveries(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<HookDelivery>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let deliveries = self.deliveries().await?;
+            if deliveries.len() >= n {
+                return Ok(deliveries);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} webhook deliveries after {timeout:?}, wanted {n}: {deliveries:#?}",
+                    deliveries.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GitLab's "Resend request" for delivery `seq`: the same body and `Idempotency-Key`,
+    /// a new `X-Gitlab-Webhook-UUID`. Sends at once and returns the new log entry (a
+    /// skipped one when the hook is disabled).
+    pub async fn resend(&self, seq: u64) -> anyhow::Result<HookDelivery> {
+        self.json(self.request(Method::POST, &format!("hooks/deliveries/{seq}/resend")))
+            .await
     }
 
     /// Polls the job until its status is one of `statuses` (e.g. `&[JobStatus::Success]`

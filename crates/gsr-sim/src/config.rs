@@ -25,6 +25,8 @@ pub struct SimConfig {
     pub trace_update_interval: u32,
     /// Largest accepted artifact file in bytes; larger uploads get 413.
     pub max_artifact_size: u64,
+    /// Time limit of one webhook delivery (GitLab.com: 10 s); slower is a failure.
+    pub webhook_timeout: Duration,
 }
 
 impl Default for SimConfig {
@@ -37,6 +39,7 @@ impl Default for SimConfig {
             long_poll: Duration::from_secs(50),
             trace_update_interval: 3,
             max_artifact_size: 100 * 1024 * 1024,
+            webhook_timeout: Duration::from_secs(10),
         }
     }
 }

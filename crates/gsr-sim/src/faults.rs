@@ -9,6 +9,9 @@
 //! `status`, `delay` and `drop` are generic and applied by the [`guard`] middleware before
 //! the handler runs. `trace_416` and `final_202` depend on what the request is, so the
 //! trace and job-update handlers take them themselves via [`FaultQueue::take`].
+//!
+//! Route `webhook_delivery` concerns the simulator's own outgoing Job Hook requests:
+//! `drop` loses a delivery, `duplicate` sends it twice (see `crate::webhooks`).
 
 use std::time::Duration;
 
@@ -63,6 +66,12 @@ pub(crate) fn validate(f: &Fault) -> Result<(), String> {
     if f.times == 0 {
         return Err("times must be at least 1".into());
     }
+    if f.route == FaultRoute::WebhookDelivery {
+        return match f.kind {
+            FaultKind::Drop | FaultKind::Duplicate => Ok(()),
+            _ => Err("route webhook_delivery takes kinds drop and duplicate only".into()),
+        };
+    }
     match f.kind {
         FaultKind::Status => match f.status {
             Some(s) if (200..=599).contains(&s) => Ok(()),
@@ -77,6 +86,7 @@ pub(crate) fn validate(f: &Fault) -> Result<(), String> {
         FaultKind::Trace416 => Err("trace_416 applies to route patch_trace only".into()),
         FaultKind::Final202 if f.route == FaultRoute::UpdateJob => Ok(()),
         FaultKind::Final202 => Err("final_202 applies to route update_job only".into()),
+        FaultKind::Duplicate => Err("duplicate applies to route webhook_delivery only".into()),
     }
 }
 
@@ -147,7 +157,7 @@ pub(crate) async fn check(
                 Verdict::Answer(resp)
             }
         },
-        FaultKind::Trace416 | FaultKind::Final202 => Verdict::Proceed(None),
+        FaultKind::Trace416 | FaultKind::Final202 | FaultKind::Duplicate => Verdict::Proceed(None),
     }
 }
 
@@ -214,5 +224,11 @@ mod tests {
         assert!(validate(&f).is_err());
         assert!(validate(&Fault::status(FaultRoute::Git, 99, 1)).is_err());
         assert!(validate(&Fault::status(FaultRoute::Git, 503, 0)).is_err());
+        assert!(validate(&Fault::webhook_drop(1)).is_ok());
+        assert!(validate(&Fault::webhook_duplicate(2)).is_ok());
+        assert!(validate(&Fault::status(FaultRoute::WebhookDelivery, 500, 1)).is_err());
+        let mut f = Fault::webhook_duplicate(1);
+        f.route = FaultRoute::UpdateJob;
+        assert!(validate(&f).is_err());
     }
 }

@@ -150,7 +150,9 @@ fn apply(st: &SimState, id: u64, update: Update) -> Result<Response, ApiError> {
                 job.status = JobStatus::Running;
                 job.started_at = Some(SystemTime::now());
                 record_output(job, &update);
-                Ok(answer(StatusCode::OK, job.status, None))
+                let resp = answer(StatusCode::OK, job.status, None);
+                db.job_event(id);
+                Ok(resp)
             }
             _ => Ok(answer(StatusCode::BAD_REQUEST, job.status, None)),
         };

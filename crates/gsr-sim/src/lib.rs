@@ -34,13 +34,16 @@
 //!   chores (bare repositories, ref resolution, pipeline refs).
 //! - `admin`: the `/-/sim/` admin API; `types`: its JSON shapes; `spec`: job specs and
 //!   their validation; `client`: [`AdminClient`], the typed client for tests.
+//! - `webhooks`: project hooks and Job Hook deliveries (one worker task per hook, GitLab's
+//!   headers, auto-disabling, resend, the delivery log).
 //! - `faults`: injected failures; `server`: the listener that can drop connections;
 //!   `request_log`: the log of runner requests; `http_util`, `util`: helpers.
 //!
 //! # Invariants
 //!
 //! - The state mutex is never held across an `.await`; long polls wait on per-runner
-//!   `watch` channels.
+//!   `watch` channels; webhook deliveries are queued (never sent) under it.
+//! - Every job status change emits exactly one Job Hook event (`Db::job_event`).
 //! - Bad input is a 4xx with a message, never a panic.
 //! - Job and runner tokens are secrets: the request log redacts `token` fields and
 //!   `token=` query parameters; the admin API returns a job token only when creating the
@@ -65,6 +68,7 @@ mod state;
 mod trace;
 mod types;
 mod util;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -78,8 +82,9 @@ pub use config::SimConfig;
 pub use spec::{ArtifactInput, HookInput, JobSpecInput, VariableInput};
 pub use state::SimState;
 pub use types::{
-    ArtifactView, Fault, FaultKind, FaultRoute, JobStatus, JobView, ManagerView, Project,
-    RequestLogEntry, RunnerCreated, RunnerInput, RunnerView,
+    ArtifactView, Fault, FaultKind, FaultRoute, HookDelivery, HookView, JobStatus, JobView,
+    ManagerView, Project, ProjectHookInput, RequestLogEntry, RunnerCreated, RunnerInput,
+    RunnerView,
 };
 
 /// The whole HTTP surface: runner API and git (logged), admin API (not logged).

@@ -40,6 +40,9 @@ struct Args {
     /// Largest accepted artifact, in bytes.
     #[arg(long, env = "GSR_SIM_MAX_ARTIFACT_SIZE", default_value_t = 100 * 1024 * 1024)]
     max_artifact_size: u64,
+    /// Time limit of one webhook delivery, in seconds.
+    #[arg(long, env = "GSR_SIM_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    webhook_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -60,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         long_poll: Duration::from_secs(args.long_poll_secs),
         trace_update_interval: args.trace_update_interval,
         max_artifact_size: args.max_artifact_size,
+        webhook_timeout: Duration::from_secs(args.webhook_timeout_secs),
     };
     let sim = gsr_sim::spawn(cfg).await?;
     {

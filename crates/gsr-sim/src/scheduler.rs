@@ -136,5 +136,8 @@ fn assign(
     if let Some(job) = db.jobs.get_mut(&job_id) {
         job.payload = Some(payload.clone());
     }
+    if !two_phase {
+        db.job_event(job_id);
+    }
     payload
 }

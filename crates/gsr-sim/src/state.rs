@@ -24,6 +24,7 @@ use crate::request_log::RequestLog;
 use crate::spec::JobDef;
 use crate::types::{ArtifactView, JobStatus, JobView, ManagerView, RunnerView};
 use crate::util::{random_alnum, random_hex, rfc3339};
+use crate::webhooks::{self, Webhooks};
 
 /// Shared handle on one simulator instance (cheap to clone). Build one with
 /// [`SimState::new`] and hand it to [`crate::app`].
@@ -47,12 +48,14 @@ impl SimState {
         std::fs::create_dir_all(cfg.data_dir.join("repos"))?;
         std::fs::create_dir_all(cfg.data_dir.join("artifacts"))?;
         let url = url.into().trim_end_matches('/').to_string();
+        let mut db = Db::default();
+        db.webhooks.base_url.clone_from(&url);
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
                 url,
                 instance_uuid: uuid::Uuid::new_v4().to_string(),
-                db: Mutex::new(Db::default()),
+                db: Mutex::new(db),
                 shutdown: CancellationToken::new(),
             }),
         })
@@ -263,7 +266,10 @@ pub(crate) struct JobRec {
     pub acknowledged: bool,
     pub created_at: SystemTime,
     pub queued_at: SystemTime,
+    /// When the job last became `pending` (Rails' `queued_at`); `None` while never queued.
+    pub enqueued_at: Option<SystemTime>,
     pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
     pub trace: Vec<u8>,
     pub reported_checksum: Option<String>,
     pub reported_bytesize: Option<u64>,
@@ -350,6 +356,7 @@ pub(crate) struct Db {
     pub jobs: BTreeMap<u64, JobRec>,
     pub faults: FaultQueue,
     pub requests: RequestLog,
+    pub webhooks: Webhooks,
 }
 
 impl Default for Db {
@@ -368,6 +375,7 @@ impl Default for Db {
             jobs: BTreeMap::new(),
             faults: FaultQueue::default(),
             requests: RequestLog::default(),
+            webhooks: Webhooks::default(),
         }
     }
 }
@@ -430,13 +438,33 @@ impl Db {
         }
     }
 
+    /// A job's status changed (the change already applied): queues its Job Hook
+    /// deliveries. Every status change must end here, once.
+    pub fn job_event(&self, job_id: u64) {
+        webhooks::job_changed(self, job_id);
+    }
+
+    /// Moves a `created` job to `pending` (Rails' `enqueue`), emitting the event; the
+    /// caller wakes runners.
+    pub fn enqueue_job(&mut self, id: u64) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            let now = SystemTime::now();
+            job.status = JobStatus::Pending;
+            job.queued_at = now;
+            job.enqueued_at = Some(now);
+        }
+        self.job_event(id);
+    }
+
     /// Moves a job to a final status and releases later-stage jobs that waited for it.
     pub fn finish_job(&mut self, id: u64, status: JobStatus, failure_reason: Option<String>) {
         if let Some(job) = self.jobs.get_mut(&id) {
             job.status = status;
             job.failure_reason = failure_reason;
             job.awaiting_ack = false;
+            job.finished_at = Some(SystemTime::now());
         }
+        self.job_event(id);
         self.settle_created_jobs();
     }
 
@@ -464,16 +492,14 @@ impl Db {
             if !all_finished {
                 continue;
             }
-            if let Some(job) = self.jobs.get_mut(&id) {
-                if all_ok {
-                    job.status = JobStatus::Pending;
-                    job.queued_at = SystemTime::now();
-                } else {
+            if all_ok {
+                self.enqueue_job(id);
+                self.tick_runners_for(id);
+            } else {
+                if let Some(job) = self.jobs.get_mut(&id) {
                     job.status = JobStatus::Skipped;
                 }
-            }
-            if all_ok {
-                self.tick_runners_for(id);
+                self.job_event(id);
             }
         }
     }

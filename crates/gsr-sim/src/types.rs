@@ -283,6 +283,8 @@ pub enum FaultRoute {
     DownloadArtifacts,
     /// Any git smart-HTTP request.
     Git,
+    /// An outgoing Job Hook delivery (kinds `drop` and `duplicate` only).
+    WebhookDelivery,
 }
 
 /// What a fault does.
@@ -293,7 +295,8 @@ pub enum FaultKind {
     Status,
     /// Sleep `delay_ms`, then process normally.
     Delay,
-    /// Close the connection without any response.
+    /// Close the connection without any response. On `webhook_delivery`: the delivery
+    /// is lost (not sent, logged with error `dropped by fault`).
     Drop,
     /// `patch_trace` only: answer 416 with the real `Range` although the offset matched.
     #[serde(rename = "trace_416")]
@@ -301,6 +304,9 @@ pub enum FaultKind {
     /// `update_job` only: answer 202 to a final update without finishing the job.
     #[serde(rename = "final_202")]
     Final202,
+    /// `webhook_delivery` only: send the delivery twice (same `Idempotency-Key` and
+    /// `X-Gitlab-Event-UUID`, new `X-Gitlab-Webhook-UUID`), as after a timeout.
+    Duplicate,
 }
 
 /// `POST /-/sim/faults` body: a fault consumed by the next `times` matching requests.
@@ -371,9 +377,109 @@ impl Fault {
         Self::new(FaultRoute::UpdateJob, FaultKind::Final202, times)
     }
 
+    /// Lose the next `times` webhook deliveries (not sent, logged as dropped).
+    pub fn webhook_drop(times: u32) -> Self {
+        Self::new(FaultRoute::WebhookDelivery, FaultKind::Drop, times)
+    }
+
+    /// Send each of the next `times` webhook deliveries twice.
+    pub fn webhook_duplicate(times: u32) -> Self {
+        Self::new(FaultRoute::WebhookDelivery, FaultKind::Duplicate, times)
+    }
+
     /// Adds `Retry-After: secs` to a `status` fault.
     pub fn with_retry_after(mut self, secs: u32) -> Self {
         self.retry_after = Some(secs);
         self
+    }
+}
+
+/// `POST /-/sim/projects/:id/hooks` body: a project webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectHookInput {
+    /// Where deliveries are POSTed (`http` or `https`).
+    pub url: String,
+    /// Secret sent as `X-Gitlab-Token`; no header when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Job events enabled (default true). A hook without them gets no deliveries.
+    #[serde(default = "yes")]
+    pub job_events: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ProjectHookInput {
+    /// A hook on `url` with job events, without a secret token.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            token: None,
+            job_events: true,
+        }
+    }
+}
+
+/// A project webhook as `GET /-/sim/projects/:id/hooks` lists it. The secret token is
+/// never shown (as in GitLab's API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookView {
+    /// Hook id.
+    pub id: u64,
+    /// Project id.
+    pub project_id: u64,
+    /// Delivery URL.
+    pub url: String,
+    /// Whether job events are delivered.
+    pub job_events: bool,
+    /// Whether a secret token is configured.
+    pub token_set: bool,
+    /// Consecutive failed deliveries (reset by a success).
+    pub recent_failures: u32,
+    /// How often the hook was temporarily disabled in the current failure streak.
+    pub backoff_count: u32,
+    /// End of the current temporary disablement (RFC 3339), if any.
+    pub disabled_until: Option<String>,
+    /// GitLab's `alert_status`: `executable`, `temporarily_disabled` or `disabled`.
+    pub alert_status: String,
+}
+
+/// One entry of the webhook delivery log (`GET /-/sim/hooks/deliveries`): one HTTP
+/// request, or one delivery that was not sent (dropped by a fault, hook disabled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookDelivery {
+    /// Position in the log, from 1; what `resend` takes.
+    pub seq: u64,
+    /// Hook id.
+    pub hook_id: u64,
+    /// Job the event is about.
+    pub job_id: u64,
+    /// `build_status` of the payload.
+    pub build_status: JobStatus,
+    /// `X-Gitlab-Event-UUID`: one per job status change (shared by all hooks).
+    pub event_uuid: String,
+    /// `X-Gitlab-Webhook-UUID`: one per HTTP request (also set when nothing was sent).
+    pub webhook_uuid: String,
+    /// `Idempotency-Key`: one per (hook, event), kept by duplicates and resends.
+    pub idempotency_key: String,
+    /// HTTP status answered; `None` when no answer arrived or nothing was sent.
+    pub status: Option<u16>,
+    /// Why the delivery failed or was not sent (`HTTP 500`, `timeout after …`,
+    /// `dropped by fault`, `hook disabled`, a connection error); `None` on success.
+    pub error: Option<String>,
+    /// Time the request took.
+    pub duration_ms: u64,
+    /// `seq` of the delivery this one re-sends (admin "Resend request").
+    pub resend_of: Option<u64>,
+    /// Not sent because the hook was (temporarily or permanently) disabled.
+    pub skipped_disabled: bool,
+}
+
+impl HookDelivery {
+    /// Sent and answered with a 2xx.
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none() && self.status.is_some_and(|s| (200..300).contains(&s))
     }
 }

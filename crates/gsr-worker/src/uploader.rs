@@ -152,11 +152,33 @@ impl TraceUploader {
     }
 
     /// Run the pump until `stop` fires; returns self for [`TraceUploader::finish`].
+    ///
+    /// The first increment goes out as soon as there is one (the job's header lines,
+    /// written right after the pump starts), so GitLab shows the job alive within
+    /// milliseconds of the claim instead of after a whole update interval; from then on,
+    /// one PATCH per interval.
     pub async fn pump(mut self, stop: CancellationToken) -> Self {
+        /// How often an empty trace is looked at again before the first increment.
+        const FIRST_POLL: Duration = Duration::from_millis(5);
+        let started = Instant::now();
+        let mut first_tick = true;
+        let mut before_first_send = true;
         loop {
+            let wait = if first_tick {
+                Duration::ZERO
+            } else if before_first_send && started.elapsed() < self.interval {
+                FIRST_POLL
+            } else {
+                self.interval
+            };
+            first_tick = false;
             tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
+                biased;
                 _ = stop.cancelled() => return self,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if before_first_send && !self.trace.is_empty() {
+                before_first_send = false;
             }
             self.send_increment().await;
             if self.last_sent.elapsed() >= self.timing.force_send_interval {

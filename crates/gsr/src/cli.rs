@@ -12,6 +12,16 @@ pub struct Cli {
     /// Verbose logs (same as RUST_LOG=debug).
     #[arg(long, global = true, env = "GSR_DEBUG", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     pub debug: bool,
+    /// Log format on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,6 +39,114 @@ pub enum Command {
     Verify(TokenArgs),
     /// Remove this runner manager (`glrt-` tokens) or the whole runner (legacy tokens).
     Unregister(UnregisterArgs),
+    /// Receive GitLab Job Hook webhooks and run the pending jobs (serverless entry point).
+    Webhook(WebhookArgs),
+    /// Run as an AWS Lambda custom runtime: webhook events and direct job invocations
+    /// (also chosen when started as `bootstrap`, or with AWS_LAMBDA_RUNTIME_API set and no
+    /// command).
+    Lambda(LambdaArgs),
+}
+
+/// `gsr lambda`: the `gsr webhook` settings that apply inside AWS Lambda, plus its time
+/// budget.
+#[derive(Debug, Args)]
+pub struct LambdaArgs {
+    /// GitLab URL (webhooks: default https://gitlab.com; direct invocations: the payload's
+    /// `gitlab_url` wins, then this, then the job's `CI_SERVER_URL`).
+    #[arg(long, short = 'u', env = "CI_SERVER_URL")]
+    pub url: Option<String>,
+    /// Runner authentication token; only webhook events need it (without it the function
+    /// takes direct invocations only).
+    #[arg(long, short = 't', env = "RUNNER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Path GitLab posts the hook to (the Function URL's path).
+    #[arg(long, env = "WEBHOOK_PATH", default_value = "/")]
+    pub path: String,
+    /// The hook's secret token (`X-Gitlab-Token`); without it every delivery is accepted.
+    #[arg(long, env = "GITLAB_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Seconds the reconcile loop keeps claiming without getting a job (billed time: the
+    /// invocation lasts until it stops).
+    #[arg(long, env = "WAIT_TIMEOUT", default_value_t = 10)]
+    pub wait_timeout: u64,
+    /// Jobs in flight at most.
+    #[arg(long, env = "MAX_BUILDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_builds: u32,
+    /// Largest accepted hook body in bytes.
+    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// Seconds between job requests when GitLab does not long-poll.
+    #[arg(long, env = "CHECK_INTERVAL", default_value_t = 3.0)]
+    pub check_interval: f64,
+    /// Claim a job only with at least this many seconds left in the invocation; set it to
+    /// the runner's maximum job timeout plus a little.
+    #[arg(long, env = "LAMBDA_CLAIM_MARGIN", default_value_t = 60)]
+    pub claim_margin: u64,
+    /// Seconds before the invocation deadline at which a running job is stopped and
+    /// reported as failed.
+    #[arg(long, env = "LAMBDA_RESERVE", default_value_t = 15)]
+    pub reserve: u64,
+    /// Executor settings; a relative --builds-dir is taken under /tmp (the only writable
+    /// place in Lambda), so the default is /tmp/builds.
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// A handler name some Lambda entrypoint scripts pass to `bootstrap`; ignored.
+    #[arg(hide = true)]
+    pub handler: Option<String>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `gsr webhook`: env names as a serverless container sets them.
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// GitLab URL.
+    #[arg(
+        long,
+        short = 'u',
+        env = "CI_SERVER_URL",
+        default_value = "https://gitlab.com"
+    )]
+    pub url: String,
+    /// Runner authentication token (stays in this process; jobs get their job token only).
+    #[arg(long, short = 't', env = "RUNNER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0")]
+    pub listen: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Path GitLab posts the hook to.
+    #[arg(long, env = "WEBHOOK_PATH", default_value = "/")]
+    pub path: String,
+    /// The hook's secret token (`X-Gitlab-Token`); without it every delivery is accepted.
+    #[arg(long, env = "GITLAB_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Seconds the reconcile loop keeps claiming without getting a job.
+    #[arg(long, env = "WAIT_TIMEOUT", default_value_t = 10)]
+    pub wait_timeout: u64,
+    /// Jobs in flight at most.
+    #[arg(long, env = "MAX_BUILDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_builds: u32,
+    /// Answer a pending hook only when the job it caused has ended (200 + JSON summary).
+    #[arg(long, env = "WEBHOOK_SYNC", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub sync: bool,
+    /// Largest accepted hook body in bytes.
+    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// Seconds between job requests when GitLab does not long-poll.
+    #[arg(long, env = "CHECK_INTERVAL", default_value_t = 3.0)]
+    pub check_interval: f64,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
 }
 
 /// Settings every job-running command shares.
@@ -192,5 +310,45 @@ mod tests {
         assert_eq!(a.max_builds, 2);
         assert_eq!(a.executor.output_limit, 100);
         assert_eq!(a.executor.builds_dir, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn webhook_defaults_and_flags() {
+        let cli = Cli::try_parse_from(["gsr", "webhook", "-t", "glrt-x"]).expect("parses");
+        let Command::Webhook(a) = cli.command else {
+            panic!("webhook")
+        };
+        assert_eq!(a.url, "https://gitlab.com");
+        assert_eq!(
+            (a.port, a.path.as_str(), a.listen.as_str()),
+            (8080, "/", "0.0.0.0")
+        );
+        assert_eq!((a.wait_timeout, a.max_builds, a.sync), (10, 1, false));
+        assert_eq!(a.body_limit, 1024 * 1024);
+        assert_eq!(cli.log_format, LogFormat::Text);
+
+        let cli = Cli::try_parse_from([
+            "gsr",
+            "--log-format",
+            "json",
+            "webhook",
+            "--sync",
+            "--max-builds",
+            "3",
+            "--port",
+            "0",
+            "--listen",
+            "127.0.0.1",
+            "--path",
+            "/hook",
+        ])
+        .expect("parses");
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Webhook(a) = cli.command else {
+            panic!("webhook")
+        };
+        assert!(a.sync);
+        assert_eq!((a.max_builds, a.port), (3, 0));
+        assert!(Cli::try_parse_from(["gsr", "webhook", "--max-builds", "0"]).is_err());
     }
 }

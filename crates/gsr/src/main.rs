@@ -6,19 +6,26 @@
 //! - [`run_single`]: the claim-and-run loop of `gsr run-single`.
 //! - [`exec`]: `gsr exec`, one already-claimed job with the job token only.
 //! - [`lifecycle`]: `register`, `verify`, `unregister`.
+//! - [`webhook`]: `gsr webhook`, the Job Hook receiver (core in the `gsr-webhook` crate).
+//! - [`lambda`]: `gsr lambda` / `bootstrap`, the AWS Lambda custom runtime (`gsr-lambda`).
 //! - [`wiring`]: building executors, runner identity, logging, signals.
 
 mod cli;
 mod exec;
+mod lambda;
 mod lifecycle;
 mod run_single;
+mod webhook;
 mod wiring;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
-    wiring::init_logging(cli.debug);
+    let cli = cli::Cli::parse_from(lambda::argv(std::env::args_os()));
+    match cli.log_format {
+        cli::LogFormat::Text => wiring::init_logging(cli.debug),
+        cli::LogFormat::Json => init_json_logging(cli.debug),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,6 +43,8 @@ fn main() -> std::process::ExitCode {
             cli::Command::Register(args) => lifecycle::register(args).await,
             cli::Command::Verify(args) => lifecycle::verify(args).await,
             cli::Command::Unregister(args) => lifecycle::unregister(args).await,
+            cli::Command::Webhook(args) => webhook::run(args).await,
+            cli::Command::Lambda(args) => lambda::run(args).await,
         }
     });
     match result {
@@ -45,4 +54,17 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(wiring::EXIT_USAGE)
         }
     }
+}
+
+/// Like `wiring::init_logging`, as one JSON object per line (for log collectors).
+fn init_json_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

@@ -11,3 +11,4 @@ mod registration;
 mod scheduling;
 mod trace;
 mod updates;
+mod webhooks;

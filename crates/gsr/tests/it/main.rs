@@ -4,6 +4,8 @@
 mod artifacts;
 mod harness;
 mod jobs;
+mod lambda;
 mod lifecycle;
 mod protocol;
 mod sources;
+mod webhook;

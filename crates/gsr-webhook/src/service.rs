@@ -1,0 +1,663 @@
+//! [`Webhook`]: the delivery rules, the reconcile loop, the job tasks and shutdown.
+//!
+//! Tasks: at most one reconcile loop (claims jobs) and one task per claimed job (holds a
+//! capacity permit and a `CI_CONCURRENT_ID` slot until the job has ended). All are owned
+//! by one `TaskTracker`, so shutdown can wait for exactly them. No lock is held across an
+//! `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use gsr_exec::{CancellationToken, Executor};
+use gsr_gitlab::webhook::{token_matches, JobHook};
+use gsr_gitlab::{ClaimedJob, Coordinator, GitlabError, JobRequest, PayloadError, RunnerInfo};
+use gsr_job::{ExposeSecret, SecretString};
+use gsr_worker::WorkerConfig;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::delivery::{delivery_name, Delivery, HookResponse, JobSummary};
+use crate::seen::{Key, Seen};
+
+/// The `X-Gitlab-Event` value of job events.
+pub const JOB_HOOK: &str = "Job Hook";
+
+/// Why a [`Webhook`] cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// `max_builds` must allow at least one job.
+    #[error("max_builds must be at least 1")]
+    NoCapacity,
+}
+
+/// Settings of the receiver (the `gsr webhook` flags).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `GITLAB_SECRET`: the hook's secret token; `None` accepts every delivery.
+    pub secret: Option<SecretString>,
+    /// `MAX_BUILDS`: jobs in flight at most (claims wait for a free slot).
+    pub max_builds: usize,
+    /// `WAIT_TIMEOUT`: the reconcile loop stops after this long without a job. Zero: it
+    /// stops at the first "no job" answer (and does not long-poll).
+    pub wait_timeout: Duration,
+    /// Wait for the job a delivery caused before answering (see [`HookResponse::done`]).
+    pub sync: bool,
+    /// Pause between job requests when GitLab does not long-poll.
+    pub check_interval: Duration,
+    /// How many idempotency keys, event UUIDs and build ids to remember.
+    pub remember: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            secret: None,
+            max_builds: 1,
+            wait_timeout: Duration::from_secs(10),
+            sync: false,
+            check_interval: Duration::from_secs(3),
+            remember: 10_000,
+        }
+    }
+}
+
+/// What claiming and running a job needs: the same building blocks `gsr run-single` uses.
+pub struct Runner {
+    /// Client for the GitLab instance.
+    pub coordinator: Coordinator,
+    /// The runner authentication token (used for `jobs/request` only).
+    pub runner_token: SecretString,
+    /// This machine's runner manager id.
+    pub system_id: String,
+    /// What the runner declares (`info`, features).
+    pub info: RunnerInfo,
+    /// Runs the job's steps.
+    pub executor: Arc<dyn Executor>,
+    /// Worker settings; `concurrent_id` is set per job from a free slot.
+    pub worker: WorkerConfig,
+}
+
+/// A snapshot of what the receiver is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Jobs claimed and not yet ended.
+    pub jobs_running: usize,
+    /// The reconcile loop is running.
+    pub reconciling: bool,
+    /// Shutdown began: no new claims.
+    pub stopping: bool,
+}
+
+#[derive(Default)]
+struct LoopState {
+    running: bool,
+    /// Bumped by every delivery that asks for a claim; the loop compares it before it
+    /// stops so a delivery racing with the stop is never lost.
+    nudges: u64,
+}
+
+/// The receiver. Build one per process with [`Webhook::new`], hand deliveries to
+/// [`Webhook::handle`].
+pub struct Webhook {
+    cfg: WebhookConfig,
+    runner: Runner,
+    permits: Arc<Semaphore>,
+    slots: Mutex<Vec<bool>>,
+    tracker: TaskTracker,
+    seen: Mutex<Seen>,
+    loop_state: Mutex<LoopState>,
+    nudge: Notify,
+    /// Shutdown: no new claims, the reconcile loop ends.
+    stop: CancellationToken,
+    /// Abort running jobs (reported as `runner_interrupted`).
+    abort: CancellationToken,
+    /// Sync mode: deliveries waiting for the end of a job.
+    waiters: Mutex<HashMap<u64, Vec<oneshot::Sender<JobSummary>>>>,
+    /// When the pending hook of a job arrived (for the received → claimed timing).
+    received: Mutex<HashMap<u64, Instant>>,
+    /// Jobs claimed and not yet ended.
+    running: Mutex<HashSet<u64>>,
+    /// The last `X-GitLab-Last-Update`, echoed so GitLab can long-poll.
+    last_update: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent; a panic elsewhere must not stop
+    // the receiver.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Webhook {
+    /// A receiver with `cfg` that claims and runs jobs with `runner`.
+    pub fn new(cfg: WebhookConfig, runner: Runner) -> Result<Arc<Webhook>, WebhookError> {
+        if cfg.max_builds == 0 {
+            return Err(WebhookError::NoCapacity);
+        }
+        Ok(Arc::new(Webhook {
+            permits: Arc::new(Semaphore::new(cfg.max_builds)),
+            slots: Mutex::new(vec![false; cfg.max_builds]),
+            seen: Mutex::new(Seen::new(cfg.remember)),
+            tracker: TaskTracker::new(),
+            loop_state: Mutex::new(LoopState::default()),
+            nudge: Notify::new(),
+            stop: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            waiters: Mutex::new(HashMap::new()),
+            received: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashSet::new()),
+            last_update: Mutex::new(None),
+            cfg,
+            runner,
+        }))
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &WebhookConfig {
+        &self.cfg
+    }
+
+    /// What the receiver is doing now.
+    pub fn status(&self) -> Status {
+        Status {
+            jobs_running: lock(&self.running).len(),
+            reconciling: lock(&self.loop_state).running,
+            stopping: self.stop.is_cancelled(),
+        }
+    }
+
+    /// Act on one delivery. Returns at once; claiming and running happen in background
+    /// tasks (so this must be called inside a tokio runtime).
+    ///
+    /// Rules, in order: wrong or missing secret → 401 (no details); no `X-Gitlab-Event` →
+    /// 400; another event → 200 `ignored`; a body that is not a Job Hook → 400 with the
+    /// reason; a status other than `pending` → 200 `ignored`; shutting down → 503; a
+    /// duplicate → 200 `duplicate`; otherwise the reconcile loop is started (or nudged)
+    /// and the answer is 202 — or, in sync mode, 200 once the job has ended.
+    pub fn handle(self: &Arc<Self>, delivery: Delivery) -> HookResponse {
+        let received = Instant::now();
+        let secret = self.cfg.secret.as_ref().map(|s| s.expose_secret());
+        if !token_matches(secret, delivery.token.as_deref()) {
+            tracing::warn!(
+                webhook_uuid = ?delivery.webhook_uuid,
+                "refused a delivery: wrong or missing X-Gitlab-Token"
+            );
+            return HookResponse::new(401, "unauthorized");
+        }
+        let Some(event) = delivery.event.as_deref() else {
+            return HookResponse::new(400, "missing X-Gitlab-Event header");
+        };
+        if event != JOB_HOOK {
+            tracing::debug!(event, "ignored a delivery that is not a Job Hook");
+            return HookResponse::new(200, format!("ignored: {event:?} is not a Job Hook"));
+        }
+        let hook = match JobHook::parse(&delivery.body) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(webhook_uuid = ?delivery.webhook_uuid, error = %e, "refused a Job Hook body");
+                return HookResponse::new(400, e.to_string());
+            }
+        };
+        let Some(build_id) = hook.build_id else {
+            return HookResponse::new(400, "invalid Job Hook payload: missing build_id");
+        };
+        if !hook.is_pending() {
+            tracing::debug!(build_id, status = %hook.build_status, "ignored a Job Hook that is not pending");
+            return HookResponse::new(
+                200,
+                format!("ignored: job {build_id} is {:?}", hook.build_status),
+            );
+        }
+        if self.stop.is_cancelled() {
+            return HookResponse::new(503, "shutting down");
+        }
+        let mut keys = vec![Key::Build(build_id)];
+        keys.extend(delivery.idempotency_key.clone().map(Key::Idempotency));
+        keys.extend(delivery.event_uuid.clone().map(Key::Event));
+        if !lock(&self.seen).insert_all(&keys) {
+            tracing::info!(
+                build_id,
+                event_uuid = ?delivery.event_uuid,
+                idempotency_key = ?delivery.idempotency_key,
+                "duplicate delivery; nothing started"
+            );
+            return HookResponse::new(200, format!("duplicate: job {build_id}"));
+        }
+        {
+            let mut r = lock(&self.received);
+            // Diagnostics only: never let it grow without bound.
+            if r.len() >= self.cfg.remember.max(1) {
+                r.clear();
+            }
+            r.insert(build_id, received);
+        }
+        tracing::info!(
+            build_id,
+            project_id = ?hook.project_id,
+            pipeline_id = ?hook.pipeline_id,
+            job_name = %hook.build_name,
+            event_uuid = ?delivery.event_uuid,
+            webhook_uuid = ?delivery.webhook_uuid,
+            "pending job announced"
+        );
+        let (waiter, done) = if self.cfg.sync {
+            let (tx, rx) = oneshot::channel();
+            (Some((build_id, tx)), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.nudge_loop(waiter);
+        match done {
+            Some(rx) => HookResponse {
+                status: 200,
+                message: format!("job {build_id} ended"),
+                done: Some(rx),
+            },
+            None => HookResponse::new(202, format!("accepted: claiming job {build_id}")),
+        }
+    }
+
+    /// Start the reconcile loop, or nudge the running one (its idle timer restarts and a
+    /// pause between requests ends at once). Never runs two loops.
+    pub fn reconcile(self: &Arc<Self>) {
+        self.nudge_loop(None);
+    }
+
+    /// [`Webhook::reconcile`], registering a sync waiter in the same critical section as
+    /// the nudge: the loop either sees the nudge and goes on, or has already finished
+    /// (and released its waiters) so that this starts a new loop. When stopping, the
+    /// waiter is dropped, which answers its delivery with 503.
+    fn nudge_loop(self: &Arc<Self>, waiter: Option<(u64, oneshot::Sender<JobSummary>)>) {
+        let seen = {
+            let mut st = lock(&self.loop_state);
+            if self.stop.is_cancelled() {
+                return;
+            }
+            if let Some((id, tx)) = waiter {
+                lock(&self.waiters).entry(id).or_default().push(tx);
+            }
+            st.nudges += 1;
+            if st.running {
+                drop(st);
+                self.nudge.notify_one();
+                return;
+            }
+            st.running = true;
+            st.nudges
+        };
+        let me = self.clone();
+        self.tracker
+            .spawn(async move { me.reconcile_loop(seen).await });
+    }
+
+    /// Stop claiming: the reconcile loop ends, new deliveries get 503. Running jobs go on.
+    pub fn stop_claiming(&self) {
+        if !self.stop.is_cancelled() {
+            tracing::info!("stopping: no new jobs will be claimed");
+        }
+        self.stop.cancel();
+        self.nudge.notify_one();
+    }
+
+    /// Abort running jobs: they stop at once and are reported as `runner_interrupted`.
+    /// Implies [`Webhook::stop_claiming`].
+    pub fn abort_jobs(&self) {
+        self.stop_claiming();
+        if !self.abort.is_cancelled() {
+            tracing::warn!(
+                jobs = lock(&self.running).len(),
+                "aborting the running jobs"
+            );
+        }
+        self.abort.cancel();
+    }
+
+    /// Wait until the reconcile loop and every job task have ended. Call after
+    /// [`Webhook::stop_claiming`] (otherwise a new delivery may start new tasks).
+    pub async fn drained(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    fn nudges(&self) -> u64 {
+        lock(&self.loop_state).nudges
+    }
+
+    /// True (and the loop marked stopped) when no delivery came since `seen`; otherwise
+    /// `seen` is brought up to date and the loop must go on.
+    fn try_finish(&self, seen: &mut u64) -> bool {
+        let mut st = lock(&self.loop_state);
+        if st.nudges != *seen && !self.stop.is_cancelled() {
+            *seen = st.nudges;
+            return false;
+        }
+        self.finish_locked(&mut st);
+        true
+    }
+
+    /// Mark the loop stopped, whatever came in since it last looked.
+    fn finish(&self) {
+        let mut st = lock(&self.loop_state);
+        self.finish_locked(&mut st);
+    }
+
+    /// With the loop state locked: the loop is stopped, and sync waiters for jobs this
+    /// process is not running get `not_claimed` (nothing here will run them). Done under
+    /// the same lock as [`Webhook::nudge_loop`] registers waiters, so a waiter is never
+    /// released by a loop that ends just after its delivery started a new one.
+    fn finish_locked(&self, st: &mut LoopState) {
+        st.running = false;
+        let running = lock(&self.running).clone();
+        let mut waiters = lock(&self.waiters);
+        let idle: Vec<u64> = waiters
+            .keys()
+            .copied()
+            .filter(|id| !running.contains(id))
+            .collect();
+        for id in idle {
+            for tx in waiters.remove(&id).unwrap_or_default() {
+                let _ = tx.send(JobSummary::not_claimed(id));
+            }
+        }
+    }
+
+    async fn reconcile_loop(self: Arc<Self>, mut seen: u64) {
+        let wait = self.cfg.wait_timeout;
+        let long_poll = !wait.is_zero();
+        let mut deadline = Instant::now() + wait;
+        let mut failures = 0u32;
+        let mut quick_polls = 0u32;
+        let mut claimed = 0u64;
+        tracing::debug!("reconcile loop started");
+        loop {
+            if self.stop.is_cancelled() {
+                self.finish();
+                break;
+            }
+            if long_poll && Instant::now() >= deadline {
+                if self.try_finish(&mut seen) {
+                    break;
+                }
+                deadline = Instant::now() + wait;
+            }
+
+            // 1. Capacity: a claim only when the job can start at once.
+            let permit = match self.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    tracing::debug!("all job slots busy; waiting for one");
+                    let p = tokio::select! {
+                        p = self.permits.clone().acquire_owned() => p,
+                        _ = self.stop.cancelled() => continue,
+                    };
+                    let Ok(p) = p else {
+                        // The semaphore is never closed; if it were, nothing could run.
+                        self.finish();
+                        break;
+                    };
+                    // Waiting for capacity is not idle time.
+                    deadline = Instant::now() + wait;
+                    p
+                }
+            };
+
+            // 2. Claim. A long poll is cut at the idle deadline; a delivery moves it.
+            let last_update = if long_poll {
+                lock(&self.last_update).clone()
+            } else {
+                None
+            };
+            let started = Instant::now();
+            let request = self.runner.coordinator.request_job(
+                &self.runner.runner_token,
+                &self.runner.system_id,
+                last_update.as_deref(),
+                &self.runner.info,
+            );
+            tokio::pin!(request);
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut request => break Some(r),
+                    _ = tokio::time::sleep_until(deadline), if long_poll => break None,
+                    _ = self.nudge.notified() => {
+                        seen = self.nudges();
+                        deadline = Instant::now() + wait;
+                    }
+                    _ = self.stop.cancelled() => break None,
+                }
+            };
+            let Some(outcome) = outcome else {
+                continue; // deadline or stop: checked at the top
+            };
+            match outcome {
+                Ok(JobRequest::Job(job)) => {
+                    failures = 0;
+                    claimed += 1;
+                    self.start_job(*job, permit, started);
+                    deadline = Instant::now() + wait;
+                    continue; // more may be waiting: ask again at once
+                }
+                Ok(JobRequest::Malformed(e)) => {
+                    failures = 0;
+                    claimed += 1;
+                    self.fail_malformed(e, permit);
+                    deadline = Instant::now() + wait;
+                    continue;
+                }
+                Ok(JobRequest::NoJob {
+                    last_update: lu,
+                    long_polling,
+                }) => {
+                    drop(permit);
+                    failures = 0;
+                    if !long_poll {
+                        if self.try_finish(&mut seen) {
+                            break;
+                        }
+                        continue;
+                    }
+                    let have_last_update = {
+                        let mut l = lock(&self.last_update);
+                        if lu.is_some() {
+                            *l = lu;
+                        }
+                        l.is_some()
+                    };
+                    // As in run-single: Workhorse holds the next request until the queue
+                    // changes, so ask again at once; fall back to the check interval
+                    // when answers keep coming back at once.
+                    let quick = started.elapsed() < Duration::from_millis(100);
+                    quick_polls = if quick { quick_polls + 1 } else { 0 };
+                    if long_polling && have_last_update && quick_polls < 3 {
+                        continue;
+                    }
+                    let next = (started + self.cfg.check_interval).min(deadline);
+                    self.pause_until(next, &mut seen, &mut deadline).await;
+                }
+                Err(GitlabError::Forbidden { .. }) => {
+                    drop(permit);
+                    tracing::error!(
+                        "GitLab refused the runner token (403): it is invalid, or the runner was deleted; not claiming"
+                    );
+                    // A later delivery starts a new loop (and will hit the same error
+                    // unless the token was fixed); never spin here.
+                    self.finish();
+                    break;
+                }
+                Err(e) => {
+                    drop(permit);
+                    failures += 1;
+                    let backoff = self
+                        .runner
+                        .coordinator
+                        .retry_policy()
+                        .backoff(failures.min(10));
+                    tracing::warn!(error = %e, wait = ?backoff, "requesting a job failed; will retry");
+                    if !long_poll && failures >= 3 && self.try_finish(&mut seen) {
+                        break;
+                    }
+                    let mut next = Instant::now() + backoff;
+                    if long_poll {
+                        next = next.min(deadline);
+                    }
+                    self.pause_until(next, &mut seen, &mut deadline).await;
+                }
+            }
+        }
+        tracing::debug!(claimed, "reconcile loop stopped");
+    }
+
+    /// Sleep until `until`, cut short by a delivery (which also restarts the idle timer)
+    /// or by shutdown.
+    async fn pause_until(&self, until: Instant, seen: &mut u64, deadline: &mut Instant) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = self.nudge.notified() => {
+                *seen = self.nudges();
+                *deadline = Instant::now() + self.cfg.wait_timeout;
+            }
+            _ = self.stop.cancelled() => {}
+        }
+    }
+
+    fn resolve(&self, id: u64, summary: &JobSummary) {
+        let txs = lock(&self.waiters).remove(&id).unwrap_or_default();
+        for tx in txs {
+            let _ = tx.send(summary.clone());
+        }
+    }
+
+    fn take_slot(&self) -> usize {
+        let mut slots = lock(&self.slots);
+        match slots.iter().position(|used| !used) {
+            Some(i) => {
+                slots[i] = true;
+                i
+            }
+            // Cannot happen (a permit is held per slot); a fresh number keeps dirs apart.
+            None => {
+                slots.push(true);
+                slots.len() - 1
+            }
+        }
+    }
+
+    fn job_started(self: &Arc<Self>, id: u64, permit: OwnedSemaphorePermit) -> JobGuard {
+        lock(&self.running).insert(id);
+        JobGuard {
+            webhook: self.clone(),
+            id,
+            slot: self.take_slot(),
+            _permit: permit,
+        }
+    }
+
+    fn start_job(self: &Arc<Self>, job: ClaimedJob, permit: OwnedSemaphorePermit, sent: Instant) {
+        let claimed_at = Instant::now();
+        let spec = job.spec;
+        let id = spec.id;
+        let received = lock(&self.received).remove(&id);
+        let guard = self.job_started(id, permit);
+        tracing::info!(
+            job = id,
+            build_id = id,
+            project = %spec.project_full_path,
+            slot = guard.slot,
+            request_ms = millis(claimed_at - sent),
+            received_to_claimed_ms = received.map(|r| millis(claimed_at - r)),
+            via = if received.is_some() { "webhook" } else { "reconcile" },
+            "job claimed"
+        );
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            let mut cfg = me.runner.worker.clone();
+            cfg.concurrent_id = guard.slot;
+            let client = me.runner.coordinator.job_client(id, spec.token.clone());
+            let report = gsr_worker::run_job(
+                spec,
+                client,
+                me.runner.executor.clone(),
+                &cfg,
+                me.abort.clone(),
+            )
+            .await;
+            let took = claimed_at.elapsed();
+            let summary = JobSummary::from_report(&report, millis(took));
+            tracing::info!(
+                job = id,
+                build_id = id,
+                status = %summary.status,
+                failure_reason = ?summary.failure_reason,
+                delivery = delivery_name(&report.delivery),
+                claimed_to_finished_ms = millis(took),
+                received_to_finished_ms = received.map(|r| millis(r.elapsed())),
+                "job ended"
+            );
+            // Waiters first: while the job counts as running, a loop that ends now
+            // cannot answer them `not_claimed`.
+            me.resolve(id, &summary);
+            drop(guard);
+        });
+    }
+
+    fn fail_malformed(self: &Arc<Self>, e: PayloadError, permit: OwnedSemaphorePermit) {
+        tracing::error!(job = ?e.job_id, error = %e, "GitLab assigned a job that cannot be run");
+        let (Some(id), Some(job_token)) = (e.job_id, e.job_token.clone()) else {
+            return;
+        };
+        lock(&self.received).remove(&id);
+        let guard = self.job_started(id, permit);
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            let claimed_at = Instant::now();
+            let client = me.runner.coordinator.job_client(id, job_token);
+            let delivery =
+                gsr_worker::fail_unrunnable(client, &me.runner.worker, &e.to_string()).await;
+            tracing::info!(
+                job = id,
+                build_id = id,
+                delivery = delivery_name(&delivery),
+                "reported the unrunnable job as failed"
+            );
+            me.resolve(
+                id,
+                &JobSummary {
+                    job_id: id,
+                    status: "failed".into(),
+                    failure_reason: Some("runner_system_failure".into()),
+                    exit_code: None,
+                    delivery: Some(delivery_name(&delivery).into()),
+                    duration_ms: Some(millis(claimed_at.elapsed())),
+                },
+            );
+            drop(guard);
+        });
+    }
+}
+
+/// Held by a job task: its capacity permit, its `CI_CONCURRENT_ID` slot and its entry in
+/// the running set, all released when the task ends (even by a panic).
+struct JobGuard {
+    webhook: Arc<Webhook>,
+    id: u64,
+    slot: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        if let Some(s) = lock(&self.webhook.slots).get_mut(self.slot) {
+            *s = false;
+        }
+        lock(&self.webhook.running).remove(&self.id);
+        if std::thread::panicking() {
+            // Dropping the senders tells sync waiters that the job did not end normally.
+            lock(&self.webhook.waiters).remove(&self.id);
+        }
+    }
+}
