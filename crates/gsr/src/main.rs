@@ -21,6 +21,13 @@ mod wiring;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The runner token arrives in our environment (RUNNER_TOKEN), and /proc/<pid>/environ
+    // is readable by every process of the same user, job scripts included. A non-dumpable
+    // process's /proc files belong to root, so jobs running as our user cannot read it.
+    // (A job running as root can read anything; run gsr as an unprivileged user.)
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("gsr: warning: cannot protect the process environment from jobs: {e}");
+    }
     let cli = cli::Cli::parse_from(lambda::argv(std::env::args_os()));
     match cli.log_format {
         cli::LogFormat::Text => wiring::init_logging(cli.debug),
