@@ -1,5 +1,10 @@
 //! Developer commands, in Rust instead of shell scripts.
 //!
+//! `cargo xtask test [ARGS]`: the whole test suite (`cargo test --workspace --locked`), after
+//! making sure the tools it drives are there: `cargo-lambda` (the Lambda Runtime API
+//! emulator the Lambda tests start) is installed from PyPI into `target/tools/venv` when it
+//! is not on `PATH`.
+//!
 //! `cargo xtask demo [JOB.json]`: start the GitLab simulator, push `examples/hello/repo`
 //! as a project, enqueue a job (default `examples/hello/job.json`), run the real
 //! `gsr run-single` against it, and print the job's trace as GitLab stores it.
@@ -14,11 +19,50 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("demo") => demo(args.next().map(PathBuf::from)),
+        Some("test") => test(args.collect()),
         _ => {
-            eprintln!("usage: cargo xtask demo [JOB.json]");
+            eprintln!("usage: cargo xtask demo [JOB.json] | cargo xtask test [CARGO TEST ARGS]");
             std::process::exit(2);
         }
     }
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// `cargo-lambda` on PATH, or installed into `target/tools/venv` (seconds, from its wheel;
+/// never `cargo install`, which compiles for a quarter of an hour).
+fn ensure_cargo_lambda(root: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if on_path("cargo-lambda") {
+        return Ok(None);
+    }
+    let venv = root.join("target/tools/venv");
+    let bin = venv.join("bin");
+    if !bin.join("cargo-lambda").is_file() {
+        eprintln!("==> installing cargo-lambda into {}", venv.display());
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("creating a Python venv (Debian: apt-get install python3-venv)")?;
+        run(Command::new(bin.join("pip"))
+            .args(["install", "--quiet", "cargo-lambda"]))?;
+    }
+    Ok(Some(bin))
+}
+
+fn test(args: Vec<String>) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let extra_path = ensure_cargo_lambda(&root)?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["test", "--workspace", "--locked"])
+        .args(&args)
+        .current_dir(&root);
+    if let Some(bin) = extra_path {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![bin];
+        dirs.extend(std::env::split_paths(&path));
+        cmd.env("PATH", std::env::join_paths(dirs)?);
+    }
+    run(&mut cmd)
 }
 
 fn workspace_root() -> PathBuf {
