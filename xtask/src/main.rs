@@ -28,7 +28,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 /// `cargo-lambda` on PATH, or installed into `target/tools/venv` (seconds, from its wheel;
@@ -43,8 +44,7 @@ fn ensure_cargo_lambda(root: &Path) -> anyhow::Result<Option<PathBuf>> {
         eprintln!("==> installing cargo-lambda into {}", venv.display());
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
             .context("creating a Python venv (Debian: apt-get install python3-venv)")?;
-        run(Command::new(bin.join("pip"))
-            .args(["install", "--quiet", "cargo-lambda"]))?;
+        run(Command::new(bin.join("pip")).args(["install", "--quiet", "cargo-lambda"]))?;
     }
     Ok(Some(bin))
 }
