@@ -65,7 +65,11 @@ pub(crate) fn routes(state: &SimState) -> Router<SimState> {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
 }
 
-async fn require_admin(State(st): State<SimState>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_admin(
+    State(st): State<SimState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let headers = req.headers();
     let bearer = header_str(headers, "authorization")
         .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));

@@ -340,4 +340,106 @@ impl AdminClient {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Creates a GitLab user; returns `{id, username, personal_access_token}` (a
+    /// `glpat-` token with scope `api`).
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: Option<&str>,
+    ) -> anyhow::Result<crate::types::UserCreated> {
+        self.post_json(
+            "users",
+            &serde_json::json!({
+                "username": username,
+                "name": username,
+                "email": format!("{username}@example.com"),
+                "password": password,
+            }),
+        )
+        .await
+    }
+
+    /// A new personal access token of `user_id` with these scopes.
+    pub async fn create_pat(&self, user_id: u64, scopes: &[&str]) -> anyhow::Result<String> {
+        let v: Value = self
+            .post_json(
+                &format!("users/{user_id}/personal_access_tokens"),
+                &serde_json::json!({ "scopes": scopes }),
+            )
+            .await?;
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no token in {v}"))
+    }
+
+    /// Makes `user_id` a member of the project (10 guest, 20 reporter, 30 developer,
+    /// 40 maintainer, 50 owner).
+    pub async fn add_member(
+        &self,
+        project_id: u64,
+        user_id: u64,
+        access_level: u8,
+    ) -> anyhow::Result<()> {
+        let _: Value = self
+            .post_json(
+                &format!("projects/{project_id}/members"),
+                &serde_json::json!({ "user_id": user_id, "access_level": access_level }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Registers an OAuth application; returns `(client_id, client_secret)`.
+    pub async fn create_oauth_app(
+        &self,
+        name: &str,
+        redirect_uri: &str,
+        scopes: &[&str],
+        confidential: bool,
+    ) -> anyhow::Result<(String, String)> {
+        let v: Value = self
+            .post_json(
+                "oauth/applications",
+                &serde_json::json!({
+                    "name": name,
+                    "redirect_uri": redirect_uri,
+                    "scopes": scopes.join(" "),
+                    "confidential": confidential,
+                }),
+            )
+            .await?;
+        match (v["client_id"].as_str(), v["client_secret"].as_str()) {
+            (Some(id), Some(secret)) => Ok((id.to_string(), secret.to_string())),
+            _ => bail!("unexpected application answer {v}"),
+        }
+    }
+
+    /// Test shortcut for "user signs in and authorizes": an authorization code.
+    pub async fn oauth_grant(
+        &self,
+        client_id: &str,
+        user_id: u64,
+        redirect_uri: &str,
+        code_challenge: Option<&str>,
+        scopes: Option<&[&str]>,
+    ) -> anyhow::Result<String> {
+        let v: Value = self
+            .post_json(
+                "oauth/grant",
+                &serde_json::json!({
+                    "client_id": client_id,
+                    "user_id": user_id,
+                    "redirect_uri": redirect_uri,
+                    "code_challenge": code_challenge,
+                    "scopes": scopes,
+                }),
+            )
+            .await?;
+        v["code"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no code in {v}"))
+    }
 }

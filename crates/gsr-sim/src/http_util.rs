@@ -62,6 +62,18 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, json!({ "message": message }))
     }
 
+    /// A token without the scope the route needs (403 `insufficient_scope`).
+    pub fn insufficient_scope(scopes: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            json!({
+                "error": "insufficient_scope",
+                "error_description": "The request requires higher privileges than provided by the access token.",
+                "scope": scopes,
+            }),
+        )
+    }
+
     /// `job_forbidden!`: 403 plus the job's status in `Job-Status`.
     pub fn job_forbidden(status: JobStatus, reason: &str) -> Self {
         Self::forbidden(reason).with_header("job-status", status.as_str())

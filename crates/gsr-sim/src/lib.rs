@@ -36,6 +36,11 @@
 //!   their validation; `client`: [`AdminClient`], the typed client for tests.
 //! - `webhooks`: project hooks and Job Hook deliveries (one worker task per hook, GitLab's
 //!   headers, auto-disabling, resend, the delivery log).
+//! - `accounts`: users, PATs, project membership, the OAuth 2 provider (`/oauth/authorize`
+//!   with a minimal sign-in page, `/oauth/token` with PKCE and refresh rotation) and
+//!   `GET /api/v4/user`; `user_api`: runner management with user tokens
+//!   (`POST /user/runners`, `GET/PUT/DELETE /runners/:id`, `GET /runners`) on the same
+//!   runner records the runner API serves.
 //! - `faults`: injected failures; `server`: the listener that can drop connections;
 //!   `request_log`: the log of runner requests; `http_util`, `util`: helpers.
 //!
@@ -49,6 +54,7 @@
 //!   `token=` query parameters; the admin API returns a job token only when creating the
 //!   job and inside the stored payload (`/-/sim/jobs/:id/payload`), never in listings.
 
+mod accounts;
 mod admin;
 mod artifacts;
 mod client;
@@ -67,6 +73,7 @@ mod spec;
 mod state;
 mod trace;
 mod types;
+mod user_api;
 mod util;
 mod webhooks;
 
@@ -77,6 +84,7 @@ use axum::middleware;
 use axum::Router;
 use tokio::task::JoinHandle;
 
+pub use accounts::pkce_challenge;
 pub use client::AdminClient;
 pub use config::SimConfig;
 pub use spec::{ArtifactInput, HookInput, JobSpecInput, VariableInput};
@@ -84,7 +92,7 @@ pub use state::SimState;
 pub use types::{
     ArtifactView, Fault, FaultKind, FaultRoute, HookDelivery, HookView, JobStatus, JobView,
     ManagerView, Project, ProjectHookInput, RequestLogEntry, RunnerCreated, RunnerInput,
-    RunnerView,
+    RunnerView, UserCreated,
 };
 
 /// The whole HTTP surface: runner API and git (logged), admin API (not logged).
@@ -101,6 +109,8 @@ pub fn app(state: SimState) -> Router {
         ));
     Router::new()
         .merge(admin::routes(&state))
+        .merge(accounts::routes(&state))
+        .merge(user_api::routes())
         .merge(runner_facing)
         .with_state(state)
 }

@@ -85,7 +85,7 @@ fn info_param(params: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
 }
 
 /// `tag_list`: a comma separated string or an array of strings.
-fn tag_list(params: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+pub(crate) fn tag_list(params: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     let raw: Vec<String> = match params.get("tag_list") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.split(',').map(str::to_string).collect(),

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::Accounts;
 use crate::config::SimConfig;
 use crate::faults::FaultQueue;
 use crate::request_log::RequestLog;
@@ -111,6 +112,12 @@ pub(crate) struct RunnerRec {
     pub maximum_timeout: Option<u64>,
     pub project_ids: Option<Vec<u64>>,
     pub created_via: &'static str,
+    /// `locked` (project runners only; stored and shown, no scheduling effect here).
+    pub locked: bool,
+    pub maintenance_note: String,
+    /// The user who created it through `POST /user/runners`.
+    pub creator: Option<u64>,
+    pub created_at: SystemTime,
     pub managers: BTreeMap<String, ManagerRec>,
     /// The Workhorse/Redis "queue value"; a new random value is a tick.
     pub queue: watch::Sender<String>,
@@ -137,6 +144,10 @@ impl RunnerRec {
             maximum_timeout: None,
             project_ids: None,
             created_via,
+            locked: false,
+            maintenance_note: String::new(),
+            creator: None,
+            created_at: SystemTime::now(),
             managers: BTreeMap::new(),
             queue: watch::Sender::new(random_hex(16)),
         }
@@ -357,6 +368,7 @@ pub(crate) struct Db {
     pub faults: FaultQueue,
     pub requests: RequestLog,
     pub webhooks: Webhooks,
+    pub accounts: Accounts,
 }
 
 impl Default for Db {
@@ -376,6 +388,7 @@ impl Default for Db {
             faults: FaultQueue::default(),
             requests: RequestLog::default(),
             webhooks: Webhooks::default(),
+            accounts: Accounts::default(),
         }
     }
 }

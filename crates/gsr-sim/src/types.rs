@@ -483,3 +483,14 @@ impl HookDelivery {
         self.error.is_none() && self.status.is_some_and(|s| (200..300).contains(&s))
     }
 }
+
+/// `POST /-/sim/users`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserCreated {
+    /// User id.
+    pub id: u64,
+    /// Username.
+    pub username: String,
+    /// A `glpat-` token with scope `api`.
+    pub personal_access_token: String,
+}

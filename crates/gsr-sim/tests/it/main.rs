@@ -7,6 +7,7 @@ mod common;
 mod faults;
 mod git;
 mod jobs_request;
+mod oauth;
 mod registration;
 mod scheduling;
 mod trace;
