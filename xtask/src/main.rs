@@ -3,7 +3,8 @@
 //! `cargo xtask test [ARGS]`: the whole test suite (`cargo test --workspace --locked`), after
 //! making sure the tools it drives are there: `cargo-lambda` (the Lambda Runtime API
 //! emulator the Lambda tests start) is installed from PyPI into `target/tools/venv` when it
-//! is not on `PATH`.
+//! is not on `PATH`; a throw-away PostgreSQL is started for the store's tests
+//! (`crates/gsr-store/scripts/with-postgres.sh`) unless `GSR_TEST_DATABASE_URL` is given.
 //!
 //! `cargo xtask demo [JOB.json]`: start the GitLab simulator, push `examples/hello/repo`
 //! as a project, enqueue a job (default `examples/hello/job.json`), run the real
@@ -52,7 +53,18 @@ fn ensure_cargo_lambda(root: &Path) -> anyhow::Result<Option<PathBuf>> {
 fn test(args: Vec<String>) -> anyhow::Result<()> {
     let root = workspace_root();
     let extra_path = ensure_cargo_lambda(&root)?;
-    let mut cmd = Command::new(env!("CARGO"));
+    // The store's shared test suite also runs against a real PostgreSQL: unless one is
+    // given (GSR_TEST_DATABASE_URL) or explicitly skipped, start a throw-away server around
+    // the test run.
+    let with_pg = std::env::var_os("GSR_TEST_DATABASE_URL").is_none()
+        && std::env::var("GSR_TEST_SKIP_POSTGRES").as_deref() != Ok("1");
+    let mut cmd = if with_pg {
+        let mut c = Command::new(root.join("crates/gsr-store/scripts/with-postgres.sh"));
+        c.arg(env!("CARGO"));
+        c
+    } else {
+        Command::new(env!("CARGO"))
+    };
     cmd.args(["test", "--workspace", "--locked"])
         .args(&args)
         .current_dir(&root);
