@@ -20,6 +20,7 @@ pub mod convert;
 pub mod features;
 pub mod retry;
 pub mod system_id;
+pub mod user_api;
 pub mod webhook;
 pub mod wire;
 
