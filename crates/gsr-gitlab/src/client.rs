@@ -6,7 +6,7 @@
 //! that job's token (trace, state, artifacts). A worker (`gsr exec`) gets a `JobClient`
 //! and nothing else.
 //!
-//! Every call goes through [`Coordinator::send`], which applies the retry policy
+//! Every call goes through `Coordinator::send`, which applies the retry policy
 //! ([`crate::retry`]). Replies are classified here into what they mean for the runner
 //! (e.g. [`PatchReply`], [`UpdateReply`]); callers never look at raw status codes.
 
