@@ -27,6 +27,8 @@
 //! - [`delivery`]: [`Delivery`], [`HookResponse`], [`JobSummary`]: the core's input and output.
 //! - [`seen`]: the bounded memory of idempotency keys, event UUIDs and build ids.
 //! - [`service`]: [`Webhook`]: the delivery rules, the reconcile loop, job tasks, shutdown.
+//! - [`observer`]: [`JobObserver`], an optional hook to record, veto and follow claimed
+//!   jobs (used by the `gsr serve` dispatcher; `gsr webhook` installs none).
 //! - [`http`]: [`app`] (axum `Router`: the hook path, `/healthz`, 404/405/413) and [`serve`].
 //!
 //! Logs never contain the runner token, job tokens or the hook secret: tokens are
@@ -34,9 +36,11 @@
 
 pub mod delivery;
 pub mod http;
+pub mod observer;
 pub mod seen;
 pub mod service;
 
 pub use delivery::{Delivery, HookResponse, JobSummary};
 pub use http::{app, serve};
+pub use observer::{ClaimDecision, ClaimInfo, JobObserver, ObserverFuture};
 pub use service::{Runner, Status, Webhook, WebhookConfig, WebhookError};

@@ -6,6 +6,7 @@
 //! `.await`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::{delivery_name, Delivery, HookResponse, JobSummary};
+use crate::observer::{ClaimDecision, ClaimInfo, JobObserver};
 use crate::seen::{Key, Seen};
 
 /// The `X-Gitlab-Event` value of job events.
@@ -121,6 +123,11 @@ pub struct Webhook {
     running: Mutex<HashSet<u64>>,
     /// The last `X-GitLab-Last-Update`, echoed so GitLab can long-poll.
     last_update: Mutex<Option<String>>,
+    /// Optional hooks around each claimed job (see [`JobObserver`]).
+    observer: Option<Arc<dyn JobObserver>>,
+    /// Graceful stop: no new requests, but the one in flight is answered (see
+    /// [`Webhook::stop_claiming_gracefully`]).
+    retiring: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,6 +143,24 @@ fn millis(d: Duration) -> u64 {
 impl Webhook {
     /// A receiver with `cfg` that claims and runs jobs with `runner`.
     pub fn new(cfg: WebhookConfig, runner: Runner) -> Result<Arc<Webhook>, WebhookError> {
+        Self::build(cfg, runner, None)
+    }
+
+    /// [`Webhook::new`] with a [`JobObserver`] awaited after each claim (before the job
+    /// runs; it may veto it) and after each job ended.
+    pub fn with_observer(
+        cfg: WebhookConfig,
+        runner: Runner,
+        observer: Arc<dyn JobObserver>,
+    ) -> Result<Arc<Webhook>, WebhookError> {
+        Self::build(cfg, runner, Some(observer))
+    }
+
+    fn build(
+        cfg: WebhookConfig,
+        runner: Runner,
+        observer: Option<Arc<dyn JobObserver>>,
+    ) -> Result<Arc<Webhook>, WebhookError> {
         if cfg.max_builds == 0 {
             return Err(WebhookError::NoCapacity);
         }
@@ -152,6 +177,8 @@ impl Webhook {
             received: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
             last_update: Mutex::new(None),
+            observer,
+            retiring: AtomicBool::new(false),
             cfg,
             runner,
         }))
@@ -167,7 +194,7 @@ impl Webhook {
         Status {
             jobs_running: lock(&self.running).len(),
             reconciling: lock(&self.loop_state).running,
-            stopping: self.stop.is_cancelled(),
+            stopping: self.stopping(),
         }
     }
 
@@ -213,7 +240,7 @@ impl Webhook {
                 format!("ignored: job {build_id} is {:?}", hook.build_status),
             );
         }
-        if self.stop.is_cancelled() {
+        if self.stopping() {
             return HookResponse::new(503, "shutting down");
         }
         let mut keys = vec![Key::Build(build_id)];
@@ -275,7 +302,7 @@ impl Webhook {
     fn nudge_loop(self: &Arc<Self>, waiter: Option<(u64, oneshot::Sender<JobSummary>)>) {
         let seen = {
             let mut st = lock(&self.loop_state);
-            if self.stop.is_cancelled() {
+            if self.stopping() {
                 return;
             }
             if let Some((id, tx)) = waiter {
@@ -304,6 +331,24 @@ impl Webhook {
         self.nudge.notify_one();
     }
 
+    /// Stop claiming without cutting a job request in flight: GitLab may already have
+    /// assigned a job to it, and a dropped answer leaves that job stuck until it times
+    /// out. The request is answered, a job it brings runs, then the reconcile loop ends;
+    /// new deliveries get 503. Running jobs go on. (A long poll in flight may take up to
+    /// the idle deadline.)
+    pub fn stop_claiming_gracefully(&self) {
+        if !self.retiring.swap(true, Ordering::SeqCst) {
+            tracing::info!("stopping after the job request in flight: no new jobs will be claimed");
+        }
+        // Wakes a pause between requests (not the request itself).
+        self.nudge.notify_one();
+    }
+
+    /// Shutdown began, hard or graceful.
+    fn stopping(&self) -> bool {
+        self.stop.is_cancelled() || self.retiring.load(Ordering::SeqCst)
+    }
+
     /// Abort running jobs: they stop at once and are reported as `runner_interrupted`.
     /// Implies [`Webhook::stop_claiming`].
     pub fn abort_jobs(&self) {
@@ -318,7 +363,7 @@ impl Webhook {
     }
 
     /// Wait until the reconcile loop and every job task have ended. Call after
-    /// [`Webhook::stop_claiming`] (otherwise a new delivery may start new tasks).
+    /// [`Webhook::stop_claiming`] or [`Webhook::stop_claiming_gracefully`] (otherwise a new delivery may start new tasks).
     pub async fn drained(&self) {
         self.tracker.close();
         self.tracker.wait().await;
@@ -332,7 +377,7 @@ impl Webhook {
     /// `seen` is brought up to date and the loop must go on.
     fn try_finish(&self, seen: &mut u64) -> bool {
         let mut st = lock(&self.loop_state);
-        if st.nudges != *seen && !self.stop.is_cancelled() {
+        if st.nudges != *seen && !self.stopping() {
             *seen = st.nudges;
             return false;
         }
@@ -375,7 +420,7 @@ impl Webhook {
         let mut claimed = 0u64;
         tracing::debug!("reconcile loop started");
         loop {
-            if self.stop.is_cancelled() {
+            if self.stopping() {
                 self.finish();
                 break;
             }
@@ -405,6 +450,12 @@ impl Webhook {
                     p
                 }
             };
+
+            if self.stopping() {
+                drop(permit);
+                self.finish();
+                break;
+            }
 
             // 2. Claim. A long poll is cut at the idle deadline; a delivery moves it.
             let last_update = if long_poll {
@@ -573,8 +624,35 @@ impl Webhook {
             via = if received.is_some() { "webhook" } else { "reconcile" },
             "job claimed"
         );
+        let info = ClaimInfo {
+            job_id: id,
+            project: Some(spec.project_full_path.clone()),
+            queued_duration: queued_duration(&job.payload),
+        };
         let me = self.clone();
         self.tracker.spawn(async move {
+            if let Some(obs) = me.observer.clone() {
+                match obs.claimed(&info).await {
+                    ClaimDecision::Run => {}
+                    ClaimDecision::Skip => {
+                        tracing::warn!(
+                            job = id,
+                            build_id = id,
+                            "claimed job vetoed: not running it"
+                        );
+                        me.resolve(id, &JobSummary::not_claimed(id));
+                        drop(guard);
+                        return;
+                    }
+                    ClaimDecision::Fail(reason) => {
+                        let client = me.runner.coordinator.job_client(id, spec.token.clone());
+                        me.fail_vetoed(client, &info, &reason, claimed_at, Some(&obs))
+                            .await;
+                        drop(guard);
+                        return;
+                    }
+                }
+            }
             let mut cfg = me.runner.worker.clone();
             cfg.concurrent_id = guard.slot;
             let client = me.runner.coordinator.job_client(id, spec.token.clone());
@@ -598,11 +676,45 @@ impl Webhook {
                 received_to_finished_ms = received.map(|r| millis(r.elapsed())),
                 "job ended"
             );
+            if let Some(obs) = &me.observer {
+                obs.ended(&info, &summary).await;
+            }
             // Waiters first: while the job counts as running, a loop that ends now
             // cannot answer them `not_claimed`.
             me.resolve(id, &summary);
             drop(guard);
         });
+    }
+
+    /// Report a job that will not run as failed and tell waiters and the observer.
+    async fn fail_vetoed(
+        &self,
+        client: gsr_gitlab::JobClient,
+        info: &ClaimInfo,
+        reason: &str,
+        claimed_at: Instant,
+        observer: Option<&Arc<dyn JobObserver>>,
+    ) {
+        let id = info.job_id;
+        let delivery = gsr_worker::fail_unrunnable(client, &self.runner.worker, reason).await;
+        tracing::info!(
+            job = id,
+            build_id = id,
+            delivery = delivery_name(&delivery),
+            "reported the unrunnable job as failed"
+        );
+        let summary = JobSummary {
+            job_id: id,
+            status: "failed".into(),
+            failure_reason: Some("runner_system_failure".into()),
+            exit_code: None,
+            delivery: Some(delivery_name(&delivery).into()),
+            duration_ms: Some(millis(claimed_at.elapsed())),
+        };
+        if let Some(obs) = observer {
+            obs.ended(info, &summary).await;
+        }
+        self.resolve(id, &summary);
     }
 
     fn fail_malformed(self: &Arc<Self>, e: PayloadError, permit: OwnedSemaphorePermit) {
@@ -615,29 +727,33 @@ impl Webhook {
         let me = self.clone();
         self.tracker.spawn(async move {
             let claimed_at = Instant::now();
+            let info = ClaimInfo {
+                job_id: id,
+                project: None,
+                queued_duration: None,
+            };
+            let observer = me.observer.clone();
+            if let Some(obs) = &observer {
+                // Recorded like any claim; a veto only means someone else reports it.
+                if obs.claimed(&info).await == ClaimDecision::Skip {
+                    me.resolve(id, &JobSummary::not_claimed(id));
+                    drop(guard);
+                    return;
+                }
+            }
             let client = me.runner.coordinator.job_client(id, job_token);
-            let delivery =
-                gsr_worker::fail_unrunnable(client, &me.runner.worker, &e.to_string()).await;
-            tracing::info!(
-                job = id,
-                build_id = id,
-                delivery = delivery_name(&delivery),
-                "reported the unrunnable job as failed"
-            );
-            me.resolve(
-                id,
-                &JobSummary {
-                    job_id: id,
-                    status: "failed".into(),
-                    failure_reason: Some("runner_system_failure".into()),
-                    exit_code: None,
-                    delivery: Some(delivery_name(&delivery).into()),
-                    duration_ms: Some(millis(claimed_at.elapsed())),
-                },
-            );
+            me.fail_vetoed(client, &info, &e.to_string(), claimed_at, observer.as_ref())
+                .await;
             drop(guard);
         });
     }
+}
+
+/// `job_info.time_in_queue_seconds` of a `jobs/request` payload, when GitLab sent it.
+fn queued_duration(payload: &[u8]) -> Option<Duration> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let secs = v.get("job_info")?.get("time_in_queue_seconds")?.as_f64()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
 /// Held by a job task: its capacity permit, its `CI_CONCURRENT_ID` slot and its entry in

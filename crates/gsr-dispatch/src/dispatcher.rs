@@ -1,0 +1,436 @@
+//! [`Dispatcher`]: one receiver per active runner, webhook routing, the reconcile ticker,
+//! restart recovery and shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use gsr_exec::{CancellationToken, Executor};
+use gsr_gitlab::{Coordinator, Features, RunnerInfo};
+use gsr_job::ExposeSecret;
+use gsr_store::{Job, JobStatus, Runner, RunnerId, Store, StoreError};
+use gsr_webhook::{Delivery, HookResponse, Webhook, WebhookConfig};
+use gsr_worker::WorkerConfig;
+use tokio::task::JoinHandle;
+
+use crate::recorder::Recorder;
+
+/// The failure reason recorded for jobs found unfinished at start (see [`Dispatcher::recover`]).
+pub const LOST_REASON: &str = "replica_restarted";
+
+/// Why the dispatcher could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("runner {runner}: {message}")]
+    Runner { runner: RunnerId, message: String },
+}
+
+/// Timing of the receivers; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// A receiver's reconcile loop long-polls this long without a job before it stops.
+    pub wait_timeout: Duration,
+    /// Pause between job requests when GitLab does not long-poll.
+    pub check_interval: Duration,
+    /// How often the ticker re-reads the runners and restarts idle reconcile loops.
+    pub reconcile_interval: Duration,
+    /// Retry policy for GitLab calls (`None`: the client's default).
+    pub retry: Option<gsr_gitlab::RetryPolicy>,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings {
+            wait_timeout: Duration::from_secs(30),
+            check_interval: Duration::from_secs(3),
+            reconcile_interval: Duration::from_secs(30),
+            retry: None,
+        }
+    }
+}
+
+/// One runner's receiver, and what of the runner row it was built from.
+struct Receiver {
+    shape: Shape,
+    webhook: Arc<Webhook>,
+}
+
+/// The fields of a runner its receiver depends on: a change of any rebuilds the receiver.
+/// Others (description, tags, …) live in GitLab and do not concern claiming.
+#[derive(Debug, Clone, PartialEq)]
+struct Shape {
+    gitlab_url: String,
+    gitlab_runner_id: i64,
+    concurrency: u32,
+    backend: String,
+    backend_settings: serde_json::Value,
+}
+
+impl Shape {
+    fn of(r: &Runner) -> Shape {
+        Shape {
+            gitlab_url: r.gitlab_url.clone(),
+            gitlab_runner_id: r.gitlab_runner_id,
+            concurrency: r.concurrency,
+            backend: r.backend.clone(),
+            backend_settings: r.backend_settings.clone(),
+        }
+    }
+}
+
+/// Claims and runs the jobs of every active runner of the control plane.
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    executor: Arc<dyn Executor>,
+    worker: WorkerConfig,
+    replica: String,
+    settings: DispatchSettings,
+    receivers: Mutex<HashMap<RunnerId, Receiver>>,
+    /// Receivers replaced or removed, still draining their jobs.
+    retired: tokio_util::task::TaskTracker,
+    stopping: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn reply(status: u16, message: impl Into<String>) -> HookResponse {
+    HookResponse {
+        status,
+        message: message.into(),
+        done: None,
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher for `replica` (a name unique among live replicas and stable across
+    /// restarts of this one: recovery is by replica name). `worker` is the template of
+    /// every job's worker settings; each runner gets its own builds dir below it.
+    pub fn new(
+        store: Arc<dyn Store>,
+        executor: Arc<dyn Executor>,
+        worker: WorkerConfig,
+        replica: String,
+    ) -> Arc<Dispatcher> {
+        Self::with_settings(
+            store,
+            executor,
+            worker,
+            replica,
+            DispatchSettings::default(),
+        )
+    }
+
+    /// [`Dispatcher::new`] with explicit timing.
+    pub fn with_settings(
+        store: Arc<dyn Store>,
+        executor: Arc<dyn Executor>,
+        worker: WorkerConfig,
+        replica: String,
+        settings: DispatchSettings,
+    ) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            store,
+            executor,
+            worker,
+            replica,
+            settings,
+            receivers: Mutex::new(HashMap::new()),
+            retired: tokio_util::task::TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        })
+    }
+
+    /// This replica's name.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// The runners that have a receiver now.
+    pub fn runners(&self) -> Vec<RunnerId> {
+        lock(&self.receivers).keys().copied().collect()
+    }
+
+    /// Jobs running on this replica, over all runners.
+    pub fn jobs_running(&self) -> usize {
+        lock(&self.receivers)
+            .values()
+            .map(|r| r.webhook.status().jobs_running)
+            .sum()
+    }
+
+    /// Recover, load the runners, start their reconcile loops, and keep them going until
+    /// `shutdown`; then stop claiming and wait for running jobs (the returned task ends
+    /// when they have).
+    pub async fn start(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<JoinHandle<()>, DispatchError> {
+        self.recover().await?;
+        self.refresh().await?;
+        self.reconcile_all();
+        let me = self.clone();
+        Ok(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.settings.reconcile_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = me.refresh().await {
+                            tracing::warn!(error = %e, "could not refresh the runners");
+                        }
+                        me.reconcile_all();
+                    }
+                }
+            }
+            me.shutdown().await;
+        }))
+    }
+
+    /// Stop claiming on every runner (after the job requests in flight are answered) and
+    /// wait until every running job has ended.
+    pub async fn shutdown(&self) {
+        self.stopping.cancel();
+        let all: Vec<Arc<Webhook>> = lock(&self.receivers)
+            .drain()
+            .map(|(_, r)| r.webhook)
+            .collect();
+        tracing::info!(runners = all.len(), "dispatcher stopping; draining jobs");
+        for w in &all {
+            // Gracefully: a request in flight may already carry an assigned job; it is
+            // answered (at most `wait_timeout`) and its job runs before we are drained.
+            w.stop_claiming_gracefully();
+        }
+        for w in &all {
+            w.drained().await;
+        }
+        self.retired.close();
+        self.retired.wait().await;
+    }
+
+    /// Start the reconcile loop of every receiver that is idle (a running loop is left
+    /// alone, so an idle runner costs one long poll per `wait_timeout` per tick).
+    pub fn reconcile_all(&self) {
+        for r in lock(&self.receivers).values() {
+            if !r.webhook.status().reconciling {
+                r.webhook.reconcile();
+            }
+        }
+    }
+
+    /// Mark this replica's unfinished jobs `lost`.
+    ///
+    /// Why not resume them: the job ran in this process (its executor, its job token and
+    /// its trace buffer died with it), and neither the job token nor the trace offset is
+    /// stored, so nothing can pick the job up again. GitLab times the job out (or a user
+    /// cancels it); what must not happen is that the claim is silently forgotten, so each
+    /// one is logged and recorded as `lost` with reason [`LOST_REASON`]. Call before this
+    /// replica claims anything (as [`Dispatcher::start`] does).
+    pub async fn recover(&self) -> Result<Vec<Job>, DispatchError> {
+        let unfinished = self.store.recover_jobs(&self.replica).await?;
+        let mut lost = Vec::with_capacity(unfinished.len());
+        for job in unfinished {
+            tracing::warn!(
+                replica = %self.replica,
+                runner = %job.runner_id,
+                gitlab_job_id = job.gitlab_job_id,
+                status = %job.status,
+                "job was unfinished when this replica stopped; recording it as lost \
+                 (GitLab will time it out)"
+            );
+            match self
+                .store
+                .update_job_status(job.id, JobStatus::Lost, Some(LOST_REASON.into()))
+                .await
+            {
+                Ok(j) => lost.push(j),
+                // Finished meanwhile (should not happen: only this replica writes it).
+                Err(StoreError::InvalidTransition { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Re-read the active runners: build receivers for new or changed ones, retire those
+    /// that were paused or deleted (their running jobs finish). Returns how many runners
+    /// have a receiver. A runner whose receiver cannot be built is logged and skipped.
+    pub async fn refresh(&self) -> Result<usize, DispatchError> {
+        if self.stopping.is_cancelled() {
+            return Ok(0);
+        }
+        let active = self.store.active_runners().await?;
+        let wanted: HashMap<RunnerId, Runner> = active.into_iter().map(|r| (r.id, r)).collect();
+        let (gone, todo): (Vec<Receiver>, Vec<Runner>) = {
+            let mut recv = lock(&self.receivers);
+            let stale: Vec<RunnerId> = recv
+                .iter()
+                .filter(|(id, r)| wanted.get(id).map(Shape::of).as_ref() != Some(&r.shape))
+                .map(|(id, _)| *id)
+                .collect();
+            let gone = stale.iter().filter_map(|id| recv.remove(id)).collect();
+            let todo = wanted
+                .values()
+                .filter(|r| !recv.contains_key(&r.id))
+                .cloned()
+                .collect();
+            (gone, todo)
+        };
+        for r in gone {
+            self.retire(r);
+        }
+        for runner in todo {
+            if let Err(e) = self.install(runner).await {
+                tracing::error!(error = %e, "could not start a receiver for a runner");
+            }
+        }
+        Ok(lock(&self.receivers).len())
+    }
+
+    fn retire(&self, r: Receiver) {
+        tracing::info!("retiring a receiver (runner changed, paused or deleted); its jobs finish");
+        // Gracefully: a long poll in flight may already carry a job GitLab assigned.
+        r.webhook.stop_claiming_gracefully();
+        let w = r.webhook;
+        self.retired.spawn(async move { w.drained().await });
+    }
+
+    /// Build and register the receiver of `runner` (replacing any older one).
+    async fn install(&self, runner: Runner) -> Result<Arc<Webhook>, DispatchError> {
+        let webhook = self.build(&runner).await?;
+        let old = {
+            let mut recv = lock(&self.receivers);
+            if let Some(r) = recv.get(&runner.id) {
+                if r.shape == Shape::of(&runner) {
+                    // Someone installed the same runner meanwhile (a delivery racing the
+                    // ticker): keep theirs; ours has started nothing yet.
+                    return Ok(r.webhook.clone());
+                }
+            }
+            recv.insert(
+                runner.id,
+                Receiver {
+                    shape: Shape::of(&runner),
+                    webhook: webhook.clone(),
+                },
+            )
+        };
+        if let Some(old) = old {
+            self.retire(old);
+        }
+        if self.stopping.is_cancelled() {
+            webhook.stop_claiming();
+        }
+        Ok(webhook)
+    }
+
+    async fn build(&self, runner: &Runner) -> Result<Arc<Webhook>, DispatchError> {
+        let err = |message: String| DispatchError::Runner {
+            runner: runner.id,
+            message,
+        };
+        let token = self.store.runner_token(runner.id).await?;
+        // The local backend for now; the backend contract comes later.
+        let info = RunnerInfo::new(self.executor.name(), "bash", Features::shell_runner());
+        let mut coordinator =
+            Coordinator::new(&runner.gitlab_url, &info).map_err(|e| err(e.to_string()))?;
+        if let Some(retry) = self.settings.retry {
+            coordinator = coordinator.with_retry(retry);
+        }
+        // One runner manager per (replica, runner), stable across restarts.
+        let system_id = gsr_gitlab::system_id::from_machine_id(&format!(
+            "gsr-serve:{}:{}",
+            self.replica, runner.id
+        ));
+        let mut worker = self.worker.clone();
+        worker.builds_dir = worker.builds_dir.join(runner.id.to_string());
+        worker.runner.short_token = gsr_worker::short_token(token.expose_secret());
+        worker.runner.system_id = system_id.clone();
+        let cfg = WebhookConfig {
+            // The per-runner secret is verified against the store in `handle_webhook`.
+            secret: None,
+            max_builds: usize::try_from(runner.concurrency.max(1)).unwrap_or(1),
+            wait_timeout: self.settings.wait_timeout,
+            check_interval: self.settings.check_interval,
+            sync: false,
+            ..WebhookConfig::default()
+        };
+        let recorder = Recorder::new(self.store.clone(), runner.id, self.replica.clone());
+        let hook_runner = gsr_webhook::Runner {
+            coordinator,
+            runner_token: token,
+            system_id,
+            info,
+            executor: self.executor.clone(),
+            worker,
+        };
+        Webhook::with_observer(cfg, hook_runner, Arc::new(recorder)).map_err(|e| err(e.to_string()))
+    }
+
+    /// The receiver for `runner`, built if it is missing or out of date.
+    async fn receiver(&self, runner: Runner) -> Result<Arc<Webhook>, DispatchError> {
+        {
+            let recv = lock(&self.receivers);
+            if let Some(r) = recv.get(&runner.id) {
+                if r.shape == Shape::of(&runner) {
+                    return Ok(r.webhook.clone());
+                }
+            }
+        }
+        self.install(runner).await
+    }
+
+    /// A delivery to the per-runner webhook endpoint of `runner_id`.
+    ///
+    /// Unknown runner → 404; wrong or missing `X-Gitlab-Token` (checked against the
+    /// runner's stored secret hash) → 401; paused runner → 200 `ignored`; stopping → 503;
+    /// otherwise the rules of `gsr webhook` ([`Webhook::handle`]): the pending job is
+    /// claimed (and recorded) by the runner's receiver in the background.
+    pub async fn handle_webhook(&self, runner_id: RunnerId, delivery: Delivery) -> HookResponse {
+        let runner = match self.store.runner_by_id(runner_id).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound) => return reply(404, "not found"),
+            Err(e) => {
+                tracing::error!(error = %e, "webhook: could not read the runner");
+                return reply(500, "internal error");
+            }
+        };
+        let presented = delivery
+            .token
+            .as_deref()
+            .and_then(|t| std::str::from_utf8(t).ok());
+        let ok = match presented {
+            None => false,
+            Some(p) => match self.store.verify_webhook_secret(runner_id, p).await {
+                Ok(ok) => ok,
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook: could not verify the secret");
+                    return reply(500, "internal error");
+                }
+            },
+        };
+        if !ok {
+            tracing::warn!(runner = %runner_id, webhook_uuid = ?delivery.webhook_uuid,
+                "refused a delivery: wrong or missing X-Gitlab-Token");
+            return reply(401, "unauthorized");
+        }
+        if runner.paused {
+            return reply(200, "ignored: the runner is paused");
+        }
+        if self.stopping.is_cancelled() {
+            return reply(503, "shutting down");
+        }
+        match self.receiver(runner).await {
+            Ok(w) => w.handle(delivery),
+            Err(e) => {
+                tracing::error!(error = %e, "webhook: no receiver for the runner");
+                reply(500, "internal error")
+            }
+        }
+    }
+}
