@@ -86,6 +86,20 @@ fn header_string(h: &HeaderMap, name: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The [`Delivery`] of a hook request: GitLab's `X-Gitlab-*` and `Idempotency-Key`
+/// headers (trimmed, empty ones dropped; the token kept as raw bytes) and the body. Other
+/// HTTP front ends (`gsr serve`) use it so every entry point reads a hook alike.
+pub fn delivery(headers: &HeaderMap, body: Bytes) -> Delivery {
+    Delivery {
+        event: header_string(headers, "x-gitlab-event"),
+        token: headers.get("x-gitlab-token").map(|v| v.as_bytes().to_vec()),
+        event_uuid: header_string(headers, "x-gitlab-event-uuid"),
+        webhook_uuid: header_string(headers, "x-gitlab-webhook-uuid"),
+        idempotency_key: header_string(headers, "idempotency-key"),
+        body,
+    }
+}
+
 async fn receive(state: AppState, req: Request) -> Response {
     let headers = req.headers().clone();
     let body = match Bytes::from_request(req, &()).await {
@@ -93,14 +107,7 @@ async fn receive(state: AppState, req: Request) -> Response {
         // 413 over the limit, 400 for a broken body: axum's rejection knows which.
         Err(rejection) => return rejection.into_response(),
     };
-    let delivery = Delivery {
-        event: header_string(&headers, "x-gitlab-event"),
-        token: headers.get("x-gitlab-token").map(|v| v.as_bytes().to_vec()),
-        event_uuid: header_string(&headers, "x-gitlab-event-uuid"),
-        webhook_uuid: header_string(&headers, "x-gitlab-webhook-uuid"),
-        idempotency_key: header_string(&headers, "idempotency-key"),
-        body,
-    };
+    let delivery = delivery(&headers, body);
     let answer = state.webhook.handle(delivery);
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match answer.done {

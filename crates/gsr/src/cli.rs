@@ -45,6 +45,47 @@ pub enum Command {
     /// (also chosen when started as `bootstrap`, or with AWS_LAMBDA_RUNTIME_API set and no
     /// command).
     Lambda(LambdaArgs),
+    /// Run the control plane: the web app (GitLab login, runner management), the
+    /// per-runner webhook endpoints and the dispatcher that runs their jobs.
+    Serve(ServeArgs),
+}
+
+/// `gsr serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "GSR_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Where this app is reachable, e.g. https://gsr.example.com (default: http://LISTEN).
+    #[arg(long, env = "GSR_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Data directory: the SQLite database (without DATABASE_URL) and the key files.
+    #[arg(long, env = "GSR_DATA_DIR", default_value = "gsr-data")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; without it the store is SQLite in the data dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The GitLab instance users log in with.
+    #[arg(long, env = "GITLAB_URL", default_value = "https://gitlab.com")]
+    pub gitlab_url: String,
+    /// OAuth application id.
+    #[arg(long, env = "GITLAB_CLIENT_ID", hide_env_values = true)]
+    pub gitlab_client_id: String,
+    /// OAuth application secret (omit for a public application).
+    #[arg(long, env = "GITLAB_CLIENT_SECRET", hide_env_values = true)]
+    pub gitlab_client_secret: Option<String>,
+    /// Runners per user.
+    #[arg(long, env = "MAX_REGISTABLE_RUNNER_COUNT", default_value_t = 5)]
+    pub max_runners: u32,
+    /// This replica's name, unique among live replicas and stable across restarts
+    /// (default: the host name).
+    #[arg(long, env = "GSR_REPLICA")]
+    pub replica: Option<String>,
+    /// Largest accepted hook body in bytes.
+    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
 }
 
 /// `gsr lambda`: the `gsr webhook` settings that apply inside AWS Lambda, plus its time

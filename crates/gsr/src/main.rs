@@ -8,6 +8,7 @@
 //! - [`lifecycle`]: `register`, `verify`, `unregister`.
 //! - [`webhook`]: `gsr webhook`, the Job Hook receiver (core in the `gsr-webhook` crate).
 //! - [`lambda`]: `gsr lambda` / `bootstrap`, the AWS Lambda custom runtime (`gsr-lambda`).
+//! - [`serve`]: `gsr serve`, the control plane (web app + dispatcher, `gsr-web`/`gsr-dispatch`).
 //! - [`wiring`]: building executors, runner identity, logging, signals.
 
 mod cli;
@@ -15,6 +16,7 @@ mod exec;
 mod lambda;
 mod lifecycle;
 mod run_single;
+mod serve;
 mod webhook;
 mod wiring;
 
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Unregister(args) => lifecycle::unregister(args).await,
             cli::Command::Webhook(args) => webhook::run(args).await,
             cli::Command::Lambda(args) => lambda::run(args).await,
+            cli::Command::Serve(args) => serve::run(args).await,
         }
     });
     match result {

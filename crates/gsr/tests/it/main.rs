@@ -7,5 +7,6 @@ mod jobs;
 mod lambda;
 mod lifecycle;
 mod protocol;
+mod serve;
 mod sources;
 mod webhook;
