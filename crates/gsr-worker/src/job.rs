@@ -388,7 +388,10 @@ impl Ctx<'_> {
         // prepare_script
         self.log
             .section_start("prepare_script", "Preparing environment");
-        self.log.line(&format!("Running on {}...", hostname()));
+        self.log.line(&format!(
+            "Running on {}...",
+            crate::hostname().unwrap_or_else(|| "localhost".into())
+        ));
         let env = env::process_env(&self.vars, &self.dirs.tmp_dir);
         self.log.section_end("prepare_script");
         let env = match env {
@@ -984,10 +987,4 @@ fn humanize(d: Duration) -> String {
     } else {
         format!("{sec}s")
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }

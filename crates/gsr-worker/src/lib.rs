@@ -58,6 +58,14 @@ pub struct WorkerConfig {
     pub two_phase: bool,
 }
 
+/// This machine's host name, if the kernel reports one.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// gitlab-runner's short token: strip `glrt-`/`glrtr-`/`glcbt-`, a `t1_`-style partition
 /// marker, or a `GR1348941`-style registration prefix, then take 9 characters.
 pub fn short_token(token: &str) -> String {

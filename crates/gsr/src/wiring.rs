@@ -90,11 +90,7 @@ pub fn worker_config(
 
 /// The host name.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "gsr".into())
+    gsr_worker::hostname().unwrap_or_else(|| "gsr".into())
 }
 
 /// Signals: SIGINT/SIGTERM abort running jobs (like gitlab-runner's forceful shutdown);
