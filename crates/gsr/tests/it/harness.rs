@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
 use gsr_sim::{AdminClient, JobSpecInput, JobView, SimConfig, SimHandle};
 
 /// A known runner-token-like secret we can search for in outputs.
@@ -215,5 +219,138 @@ impl Env {
         env.project_id = project.id;
         env.runner_token = runner_token;
         env
+    }
+}
+
+/// How to start a `gsr serve` against `env`'s simulator: SQLite in
+/// `env.dir/gsr-data` unless `GSR_DATA_DIR` or `DATABASE_URL` is set with [`Serve::env`].
+pub struct Serve {
+    cmd: tokio::process::Command,
+    log: PathBuf,
+    listen: String,
+}
+
+impl Serve {
+    /// `gsr serve --listen 127.0.0.1:0` with the OAuth app `client_id`/`client_secret`.
+    pub fn new(env: &Env, client_id: &str, client_secret: &str) -> Serve {
+        let mut cmd = tokio::process::Command::new(gsr_bin());
+        cmd.arg("serve")
+            .arg("--builds-dir")
+            .arg(env.builds_dir())
+            .env("GSR_DATA_DIR", env.dir.path().join("gsr-data"))
+            .env("GITLAB_URL", &env.sim.url)
+            .env("GITLAB_CLIENT_ID", client_id)
+            .env("GITLAB_CLIENT_SECRET", client_secret)
+            .env("GSR_REPLICA", "it-replica")
+            .env_remove("DATABASE_URL")
+            .env_remove("GSR_SECRET_KEY")
+            .env_remove("GSR_COOKIE_KEY")
+            .env_remove("GSR_PUBLIC_URL")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        Serve {
+            cmd,
+            log: env.dir.path().join("serve.log"),
+            listen: "127.0.0.1:0".into(),
+        }
+    }
+
+    /// Set an environment variable of the server.
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Serve {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Add command-line arguments.
+    pub fn args<I, S>(mut self, args: I) -> Serve
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    /// Listen on `addr` instead of a free port (e.g. one reserved for a known public URL).
+    pub fn listen(mut self, addr: &str) -> Serve {
+        self.listen = addr.into();
+        self
+    }
+
+    /// Write stderr to `path` instead of `env.dir/serve.log`.
+    pub fn log(mut self, path: PathBuf) -> Serve {
+        self.log = path;
+        self
+    }
+
+    /// Start it and wait (30 s at most) for the "listening" line on stdout.
+    pub async fn start(mut self) -> Server {
+        let file = std::fs::File::create(&self.log).expect("log file");
+        let mut child = self
+            .cmd
+            .args(["--listen", &self.listen])
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("gsr starts");
+        let log = self.log;
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("listening line in time")
+            .expect("stdout readable")
+            .unwrap_or_else(|| {
+                panic!(
+                    "gsr serve exited: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        let base = line
+            .strip_prefix("gsr serve listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server { child, base, log }
+    }
+}
+
+/// A running `gsr serve`, killed when dropped.
+pub struct Server {
+    pub child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id().expect("pid")).expect("pid fits"))
+    }
+
+    /// Send `signal` to it.
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal");
+    }
+
+    /// SIGTERM, then the exit status (within 30 s).
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(Signal::SIGTERM);
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("gsr serve did not stop: {}", self.stderr()))
+            .expect("wait")
+    }
+
+    /// SIGKILL (a crash), then wait for it to be gone.
+    pub async fn kill9(mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait().await;
     }
 }
