@@ -1,5 +1,5 @@
 //! [`Dispatcher`]: one receiver per active runner, webhook routing, the reconcile ticker,
-//! restart recovery and shutdown.
+//! restart recovery, and shutdown (drain for a grace period, then abort).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,12 +8,14 @@ use std::time::Duration;
 use gsr_exec::{CancellationToken, Executor};
 use gsr_gitlab::{Coordinator, Features, RunnerInfo};
 use gsr_job::ExposeSecret;
-use gsr_store::{Job, JobStatus, Runner, RunnerId, Store, StoreError};
+use gsr_store::{Job, Runner, RunnerId, Store, StoreError};
 use gsr_webhook::{Delivery, HookResponse, Webhook, WebhookConfig};
 use gsr_worker::WorkerConfig;
 use tokio::task::JoinHandle;
 
+use crate::metric;
 use crate::recorder::Recorder;
+use crate::recovery::Reporter;
 
 /// The failure reason recorded for jobs found unfinished at start (see [`Dispatcher::recover`]).
 pub const LOST_REASON: &str = "replica_restarted";
@@ -38,6 +40,15 @@ pub struct DispatchSettings {
     pub reconcile_interval: Duration,
     /// Retry policy for GitLab calls (`None`: the client's default).
     pub retry: Option<gsr_gitlab::RetryPolicy>,
+    /// Shutdown: how long running jobs may go on after claiming stopped before they are
+    /// aborted (default 30 s, gitlab-runner's default shutdown timeout).
+    pub shutdown_grace: Duration,
+    /// Shutdown: after aborting, how long to wait for the aborted jobs' final updates to
+    /// reach GitLab (default 30 s).
+    pub final_update_timeout: Duration,
+    /// Recovery: how long telling GitLab about one lost job may take in all, retries
+    /// included (default 2 min); then it is recorded as not reported.
+    pub recovery_timeout: Duration,
 }
 
 impl Default for DispatchSettings {
@@ -47,6 +58,9 @@ impl Default for DispatchSettings {
             check_interval: Duration::from_secs(3),
             reconcile_interval: Duration::from_secs(30),
             retry: None,
+            shutdown_grace: Duration::from_secs(30),
+            final_update_timeout: Duration::from_secs(30),
+            recovery_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -90,7 +104,13 @@ pub struct Dispatcher {
     receivers: Mutex<HashMap<RunnerId, Receiver>>,
     /// Receivers replaced or removed, still draining their jobs.
     retired: tokio_util::task::TaskTracker,
+    /// The same receivers, so that an abort reaches their jobs too (pruned when idle).
+    retired_hooks: Mutex<Vec<Arc<Webhook>>>,
+    /// Background work other than receivers (recovery started by [`Dispatcher::start`]).
+    background: tokio_util::task::TaskTracker,
     stopping: CancellationToken,
+    /// [`Dispatcher::abort_all`]: running jobs are aborted, nothing more is waited for.
+    abort: CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,11 +118,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn reply(status: u16, message: impl Into<String>) -> HookResponse {
-    HookResponse {
-        status,
-        message: message.into(),
-        done: None,
-    }
+    HookResponse::new(status, message)
 }
 
 impl Dispatcher {
@@ -140,7 +156,10 @@ impl Dispatcher {
             settings,
             receivers: Mutex::new(HashMap::new()),
             retired: tokio_util::task::TaskTracker::new(),
+            retired_hooks: Mutex::new(Vec::new()),
+            background: tokio_util::task::TaskTracker::new(),
             stopping: CancellationToken::new(),
+            abort: CancellationToken::new(),
         })
     }
 
@@ -163,13 +182,26 @@ impl Dispatcher {
     }
 
     /// Recover, load the runners, start their reconcile loops, and keep them going until
-    /// `shutdown`; then stop claiming and wait for running jobs (the returned task ends
-    /// when they have).
+    /// `shutdown`; then run [`Dispatcher::shutdown`] (the returned task ends when it has).
+    ///
+    /// Recovery is split: this replica's unfinished jobs are read from the store here,
+    /// before anything is claimed (so new claims are never mistaken for old ones), and
+    /// telling GitLab about them runs in a background task — it may take up to
+    /// `recovery_timeout` when GitLab is down, and claiming new jobs need not wait for it.
+    /// Shutdown waits for it (an abort cuts it short).
     pub async fn start(
         self: &Arc<Self>,
         shutdown: CancellationToken,
     ) -> Result<JoinHandle<()>, DispatchError> {
-        self.recover().await?;
+        let stale = self.store.recover_jobs(&self.replica).await?;
+        if !stale.is_empty() {
+            let reporter = self.reporter();
+            self.background.spawn(async move {
+                if let Err(e) = reporter.run(stale).await {
+                    tracing::error!(error = %e, "recovery did not complete");
+                }
+            });
+        }
         self.refresh().await?;
         self.reconcile_all();
         let me = self.clone();
@@ -192,25 +224,95 @@ impl Dispatcher {
         }))
     }
 
-    /// Stop claiming on every runner (after the job requests in flight are answered) and
-    /// wait until every running job has ended.
+    /// Stop claiming on every runner (after the job requests in flight are answered), let
+    /// running jobs finish for up to `shutdown_grace`, then abort the rest — the worker
+    /// reports each to GitLab as failed (`runner_interrupted`) and the store records it —
+    /// and wait up to `final_update_timeout` for those reports. [`Dispatcher::abort_all`]
+    /// ends the grace period at once.
+    ///
+    /// A job request still in flight when the grace ends is cut: GitLab may have assigned
+    /// it a job that nobody runs (it times out there). That is the price of a bounded stop.
     pub async fn shutdown(&self) {
         self.stopping.cancel();
-        let all: Vec<Arc<Webhook>> = lock(&self.receivers)
+        let mut hooks: Vec<Arc<Webhook>> = lock(&self.receivers)
             .drain()
             .map(|(_, r)| r.webhook)
             .collect();
-        tracing::info!(runners = all.len(), "dispatcher stopping; draining jobs");
-        for w in &all {
+        metrics::gauge!(metric::RUNNERS_ACTIVE).set(0.0);
+        tracing::info!(
+            runners = hooks.len(),
+            grace = ?self.settings.shutdown_grace,
+            "dispatcher stopping; draining jobs"
+        );
+        for w in &hooks {
             // Gracefully: a request in flight may already carry an assigned job; it is
-            // answered (at most `wait_timeout`) and its job runs before we are drained.
+            // answered and its job runs (within the grace period).
             w.stop_claiming_gracefully();
         }
-        for w in &all {
-            w.drained().await;
-        }
+        hooks.extend(lock(&self.retired_hooks).drain(..));
         self.retired.close();
-        self.retired.wait().await;
+        self.background.close();
+        let drained = async {
+            for w in &hooks {
+                w.drained().await;
+            }
+            self.retired.wait().await;
+            self.background.wait().await;
+        };
+        tokio::select! {
+            _ = drained => {
+                tracing::info!("dispatcher stopped; every job ended");
+                return;
+            }
+            _ = tokio::time::sleep(self.settings.shutdown_grace) => {
+                tracing::warn!(
+                    grace = ?self.settings.shutdown_grace,
+                    jobs = hooks.iter().map(|w| w.status().jobs_running).sum::<usize>(),
+                    "shutdown grace period over; aborting the running jobs"
+                );
+            }
+            _ = self.abort.cancelled() => {}
+        }
+        self.abort.cancel();
+        for w in &hooks {
+            w.abort_jobs();
+        }
+        let reported = async {
+            for w in &hooks {
+                w.drained().await;
+            }
+            self.retired.wait().await;
+            self.background.wait().await;
+        };
+        if tokio::time::timeout(self.settings.final_update_timeout, reported)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                timeout = ?self.settings.final_update_timeout,
+                "aborted jobs did not finish reporting in time; GitLab will time them out"
+            );
+        } else {
+            tracing::info!("dispatcher stopped; aborted jobs reported");
+        }
+    }
+
+    /// Abort everything now (a second stop signal): no more claims, every running job is
+    /// aborted (reported to GitLab as failed by its worker), a running recovery gives up,
+    /// and a [`Dispatcher::shutdown`] in progress stops waiting for the grace period (it
+    /// still waits up to `final_update_timeout` for the aborted jobs' final updates).
+    pub fn abort_all(&self) {
+        self.stopping.cancel();
+        self.abort.cancel();
+        let hooks: Vec<Arc<Webhook>> = lock(&self.receivers)
+            .values()
+            .map(|r| r.webhook.clone())
+            .chain(lock(&self.retired_hooks).iter().cloned())
+            .collect();
+        tracing::warn!(runners = hooks.len(), "aborting every running job");
+        for w in hooks {
+            w.abort_jobs();
+        }
     }
 
     /// Start the reconcile loop of every receiver that is idle (a running loop is left
@@ -223,38 +325,43 @@ impl Dispatcher {
         }
     }
 
-    /// Mark this replica's unfinished jobs `lost`.
+    /// Report this replica's unfinished jobs to GitLab as failed and record them `lost`.
     ///
-    /// Why not resume them: the job ran in this process (its executor, its job token and
-    /// its trace buffer died with it), and neither the job token nor the trace offset is
-    /// stored, so nothing can pick the job up again. GitLab times the job out (or a user
-    /// cancels it); what must not happen is that the claim is silently forgotten, so each
-    /// one is logged and recorded as `lost` with reason [`LOST_REASON`]. Call before this
-    /// replica claims anything (as [`Dispatcher::start`] does).
+    /// Why not resume them: the job ran in this process (its executor and its trace
+    /// buffer died with it), so nothing can pick it up again. But GitLab must not keep it
+    /// "running" until its own timeout: with the job token the store kept (sealed) for
+    /// each unfinished job, recovery acknowledges the job if needed, appends a trace line
+    /// saying what happened, and sends the final state `failed` /
+    /// `runner_system_failure`, with bounded retries (see the `recovery` module). Then
+    /// each job is recorded `lost` with reason [`LOST_REASON`] and what GitLab was told
+    /// ([`gsr_store::Recovery`]); its token is dropped. GitLab answering 403/404 (the job is
+    /// already over) is recorded as such.
+    ///
+    /// Awaits all of it (each job at most `recovery_timeout`; jobs in parallel).
+    /// [`Dispatcher::start`] does the same with the reporting in the background. Call
+    /// before this replica claims anything.
     pub async fn recover(&self) -> Result<Vec<Job>, DispatchError> {
         let unfinished = self.store.recover_jobs(&self.replica).await?;
-        let mut lost = Vec::with_capacity(unfinished.len());
-        for job in unfinished {
-            tracing::warn!(
-                replica = %self.replica,
-                runner = %job.runner_id,
-                gitlab_job_id = job.gitlab_job_id,
-                status = %job.status,
-                "job was unfinished when this replica stopped; recording it as lost \
-                 (GitLab will time it out)"
-            );
-            match self
-                .store
-                .update_job_status(job.id, JobStatus::Lost, Some(LOST_REASON.into()))
-                .await
-            {
-                Ok(j) => lost.push(j),
-                // Finished meanwhile (should not happen: only this replica writes it).
-                Err(StoreError::InvalidTransition { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+        if unfinished.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(lost)
+        self.reporter().run(unfinished).await
+    }
+
+    fn reporter(&self) -> Reporter {
+        Reporter {
+            store: self.store.clone(),
+            replica: self.replica.clone(),
+            info: self.runner_info(),
+            retry: self.settings.retry,
+            timeout: self.settings.recovery_timeout,
+            abort: self.abort.clone(),
+        }
+    }
+
+    fn runner_info(&self) -> RunnerInfo {
+        // The local backend for now; the backend contract comes later.
+        RunnerInfo::new(self.executor.name(), "bash", Features::shell_runner())
     }
 
     /// Re-read the active runners: build receivers for new or changed ones, retire those
@@ -289,14 +396,32 @@ impl Dispatcher {
                 tracing::error!(error = %e, "could not start a receiver for a runner");
             }
         }
-        Ok(lock(&self.receivers).len())
+        Ok(self.count_runners())
+    }
+
+    /// How many runners have a receiver; also the `gsr_runners_active` gauge.
+    fn count_runners(&self) -> usize {
+        let n = lock(&self.receivers).len();
+        metrics::gauge!(metric::RUNNERS_ACTIVE).set(n as f64);
+        n
     }
 
     fn retire(&self, r: Receiver) {
         tracing::info!("retiring a receiver (runner changed, paused or deleted); its jobs finish");
         // Gracefully: a long poll in flight may already carry a job GitLab assigned.
         r.webhook.stop_claiming_gracefully();
+        if self.abort.is_cancelled() {
+            r.webhook.abort_jobs();
+        }
         let w = r.webhook;
+        {
+            let mut hooks = lock(&self.retired_hooks);
+            hooks.retain(|h| {
+                let s = h.status();
+                s.jobs_running > 0 || s.reconciling
+            });
+            hooks.push(w.clone());
+        }
         self.retired.spawn(async move { w.drained().await });
     }
 
@@ -326,6 +451,7 @@ impl Dispatcher {
         if self.stopping.is_cancelled() {
             webhook.stop_claiming();
         }
+        self.count_runners();
         Ok(webhook)
     }
 
@@ -335,8 +461,7 @@ impl Dispatcher {
             message,
         };
         let token = self.store.runner_token(runner.id).await?;
-        // The local backend for now; the backend contract comes later.
-        let info = RunnerInfo::new(self.executor.name(), "bash", Features::shell_runner());
+        let info = self.runner_info();
         let mut coordinator =
             Coordinator::new(&runner.gitlab_url, &info).map_err(|e| err(e.to_string()))?;
         if let Some(retry) = self.settings.retry {
@@ -391,7 +516,16 @@ impl Dispatcher {
     /// runner's stored secret hash) → 401; paused runner → 200 `ignored`; stopping → 503;
     /// otherwise the rules of `gsr webhook` ([`Webhook::handle`]): the pending job is
     /// claimed (and recorded) by the runner's receiver in the background.
+    ///
+    /// Every answer is counted in `gsr_webhook_deliveries_total{result}` (see
+    /// [`HookResponse::result`] for the mapping).
     pub async fn handle_webhook(&self, runner_id: RunnerId, delivery: Delivery) -> HookResponse {
+        let r = self.handle_webhook_inner(runner_id, delivery).await;
+        metrics::counter!(metric::WEBHOOK_DELIVERIES, "result" => r.result()).increment(1);
+        r
+    }
+
+    async fn handle_webhook_inner(&self, runner_id: RunnerId, delivery: Delivery) -> HookResponse {
         let runner = match self.store.runner_by_id(runner_id).await {
             Ok(r) => r,
             Err(StoreError::NotFound) => return reply(404, "not found"),
@@ -420,7 +554,10 @@ impl Dispatcher {
             return reply(401, "unauthorized");
         }
         if runner.paused {
-            return reply(200, "ignored: the runner is paused");
+            return reply(
+                200,
+                format!("{} the runner is paused", gsr_webhook::delivery::IGNORED),
+            );
         }
         if self.stopping.is_cancelled() {
             return reply(503, "shutting down");

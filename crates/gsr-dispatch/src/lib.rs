@@ -9,10 +9,17 @@
 //!   manager id), [`Dispatcher::handle_webhook`] for the per-runner endpoint,
 //!   [`Dispatcher::refresh`] for created/changed/paused/deleted runners,
 //!   [`Dispatcher::start`] (recover, load, then a ticker that refreshes and restarts idle
-//!   reconcile loops), [`Dispatcher::recover`] and a draining [`Dispatcher::shutdown`].
-//! - [`DispatchSettings`]: long-poll idle timeout, check interval, ticker period.
+//!   reconcile loops), [`Dispatcher::recover`], [`Dispatcher::shutdown`] (drain for
+//!   `shutdown_grace`, then abort) and [`Dispatcher::abort_all`] (a second signal).
+//! - [`DispatchSettings`]: long-poll idle timeout, check interval, ticker period, retry
+//!   policy, shutdown grace, final-update timeout after an abort, recovery timeout.
 //! - [`Recorder`] (`recorder.rs`): the `gsr_webhook::JobObserver` of each receiver:
-//!   `record_claim` → `running` → final state, and [`Durations`] (queue, pickup, run).
+//!   `record_claim_with_token` → `running` → final state, and [`Durations`] (queue,
+//!   pickup, run).
+//! - `recovery.rs`: reporting a dead incarnation's jobs to GitLab with their kept tokens.
+//! - [`metric`]: the metric names (`gsr_jobs_*`, `gsr_pickup_latency_seconds`,
+//!   `gsr_webhook_deliveries_total`, `gsr_runners_active`, and the two the webhook core
+//!   emits), through the `metrics` facade; the binary installs the recorder.
 //!
 //! # Why it is built this way
 //!
@@ -28,10 +35,20 @@
 //!   the job in GitLab (`runner_system_failure`) rather than run a job nobody could
 //!   recover or show. GitLab itself assigns a job to one request only, so the store's
 //!   uniqueness is the second line of defence against double runs across replicas.
-//! - **Lost, not forgotten.** On start, this replica's unfinished jobs (from a previous
-//!   incarnation with the same replica name) are recorded as `lost` with a log line: a
-//!   job cannot be resumed after its process died (job token and trace are not stored),
-//!   and GitLab times it out. See [`Dispatcher::recover`].
+//! - **Lost, but GitLab is told.** On start, this replica's unfinished jobs (from a
+//!   previous incarnation with the same replica name) cannot be resumed (their executor
+//!   and trace died with the process). With the job token the store kept, sealed, for
+//!   every unfinished job, recovery appends a trace line and reports each job `failed` /
+//!   `runner_system_failure`, so GitLab does not wait for its own timeout; then the job
+//!   is recorded `lost` with what GitLab was told (`gsr_store::Recovery`), which drops the
+//!   token. Retries are bounded (`recovery_timeout` per job); `start` does the reporting
+//!   in the background so a GitLab outage does not delay claiming. See
+//!   [`Dispatcher::recover`].
+//! - **Bounded shutdown.** Claiming stops first (gracefully: an answer in flight is
+//!   taken), running jobs get `shutdown_grace` (gitlab-runner's 30 s default), then they
+//!   are aborted — their workers report them `failed` (`runner_interrupted`) and the
+//!   recorder finishes them in the store — and shutdown waits at most
+//!   `final_update_timeout` for that. `abort_all` skips the grace (second signal).
 //! - **Never drop an assigned job.** GitLab assigns a job inside the `jobs/request`
 //!   answer; a request cut mid-flight leaves the job running in GitLab with nobody on it.
 //!   So receivers are retired (runner edited, paused, deleted) and shut down with
@@ -48,18 +65,23 @@
 //!   the long poll between check and claim is long). A receiver retired after an edit
 //!   finishes its jobs outside the new receiver's permits.
 //! - **Queue duration** comes from GitLab's `job_info.time_in_queue_seconds` in the
-//!   `jobs/request` answer; the simulator does not send it, so it is `None` there.
+//!   `jobs/request` answer (the simulator sends it too); it is also the
+//!   `gsr_pickup_latency_seconds` sample.
 //!   Pickup (claim → `running`) and run (`running` → end) come from the store's
 //!   timestamps ([`Durations::of`]).
 
 mod dispatcher;
+pub mod metric;
 mod recorder;
+mod recovery;
 
 pub use dispatcher::{DispatchError, DispatchSettings, Dispatcher, LOST_REASON};
 pub use recorder::{Durations, Recorder};
+pub use recovery::ATTEMPTS as RECOVERY_ATTEMPTS;
 
 // Tests: `tests/dispatch.rs` (the dispatcher against gsr-sim + SQLite: webhook → history
 // with durations, secrets/404/paused, two replicas × 20 jobs on one database file, the
-// store's claim uniqueness, recovery, the long poll without hooks and a draining
-// shutdown, a runner edited after start) and `tests/observer.rs` (the gsr-webhook
+// store's claim uniqueness, recovery (reported / already over / unreachable / in the
+// background of start), the long poll without hooks and a draining shutdown, grace then
+// abort, abort_all, a runner edited after start, every metric with a local recorder) and `tests/observer.rs` (the gsr-webhook
 // extension points: veto skip/fail, graceful stop).

@@ -1,5 +1,6 @@
 //! [`Recorder`]: the [`JobObserver`] of one runner's receiver. It writes every claim to
-//! the store before the job runs, and every state change after.
+//! the store before the job runs (with the job token, sealed, for restart recovery), and
+//! every state change after; and it keeps the job counters and gauges (`crate::metric`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,8 @@ use chrono::{DateTime, Utc};
 
 use gsr_store::{Job, JobId, JobStatus, NewClaim, RunnerId, Store, StoreError};
 use gsr_webhook::{ClaimDecision, ClaimInfo, JobObserver, JobSummary, ObserverFuture};
+
+use crate::metric;
 
 /// Records one runner's claimed jobs in the store.
 pub struct Recorder {
@@ -45,7 +48,11 @@ impl Recorder {
             replica: self.replica.clone(),
             queued_duration: job.queued_duration,
         };
-        let recorded = match self.store.record_claim(claim).await {
+        let recorded = match self
+            .store
+            .record_claim_with_token(claim, job.job_token.clone())
+            .await
+        {
             Ok(j) => j,
             Err(StoreError::AlreadyClaimed { replica }) => {
                 tracing::warn!(
@@ -79,7 +86,13 @@ impl Recorder {
         {
             tracing::warn!(job = job.job_id, error = %e, "could not mark the job running");
         }
-        self.jobs().insert(job.job_id, recorded.id);
+        if self.jobs().insert(job.job_id, recorded.id).is_none() {
+            metrics::counter!(metric::JOBS_CLAIMED).increment(1);
+            metrics::gauge!(metric::JOBS_RUNNING).increment(1.0);
+            if let Some(queued) = job.queued_duration {
+                metrics::histogram!(metric::PICKUP_LATENCY).record(queued.as_secs_f64());
+            }
+        }
         ClaimDecision::Run
     }
 
@@ -89,6 +102,7 @@ impl Recorder {
             // Failed before a claim was recorded (the store refused it): nothing to update.
             return;
         };
+        metrics::gauge!(metric::JOBS_RUNNING).decrement(1.0);
         let status = match summary.status.as_str() {
             "success" => JobStatus::Success,
             "canceled" => JobStatus::Canceled,
@@ -103,8 +117,11 @@ impl Recorder {
             ),
             _ => None,
         };
-        if let Err(e) = self.store.update_job_status(id, status, reason).await {
-            tracing::error!(job = job.job_id, error = %e, "could not record the end of the job");
+        match self.store.update_job_status(id, status, reason).await {
+            Ok(_) => metric::finished(status),
+            Err(e) => {
+                tracing::error!(job = job.job_id, error = %e, "could not record the end of the job")
+            }
         }
     }
 }

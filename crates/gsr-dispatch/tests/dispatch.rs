@@ -46,6 +46,7 @@ fn settings() -> DispatchSettings {
         check_interval: Duration::from_millis(100),
         reconcile_interval: Duration::from_millis(500),
         retry: Some(gsr_gitlab::RetryPolicy::fast()),
+        ..DispatchSettings::default()
     }
 }
 
@@ -335,6 +336,7 @@ async fn a_second_claim_of_the_same_job_is_refused_and_not_run() {
         job_id: 4242,
         project: None,
         queued_duration: None,
+        job_token: None,
     };
     let b = Recorder::new(env.store.clone(), env.runner, "b".into());
     assert_eq!(b.on_claim(&info).await, ClaimDecision::Skip);
@@ -387,6 +389,8 @@ async fn recovery_marks_the_replicas_unfinished_jobs_lost() {
         assert_eq!(j.status, expect, "{j:?}");
         if expect == JobStatus::Lost {
             assert_eq!(j.failure_reason.as_deref(), Some(LOST_REASON));
+            // Claimed without a job token: GitLab could not be told.
+            assert_eq!(j.recovery, Some(gsr_store::Recovery::NoToken));
         }
     }
     // Nothing left to recover; start() recovers too and is a no-op now.
@@ -457,4 +461,627 @@ async fn a_runner_edited_after_start_gets_a_new_receiver() {
     );
     assert_eq!(d.runners(), vec![env.runner]);
     d.shutdown().await;
+}
+
+// ---- recovery tells GitLab ----------------------------------------------------------------
+
+/// What a replica that died did before dying: claim a job in GitLab with the runner token,
+/// optionally acknowledge it and send some trace; returns the job id and its token.
+async fn claim_in_gitlab(env: &Env, ack: bool, output: Option<&str>) -> (u64, SecretString) {
+    use gsr_gitlab::{Coordinator, Features, JobRequest, JobUpdate, RunnerInfo};
+    let token = env.store.runner_token(env.runner).await.expect("token");
+    let info = RunnerInfo::new("shell", "bash", Features::shell_runner());
+    let c = Coordinator::new(&env.sim.url, &info)
+        .expect("coordinator")
+        .with_retry(gsr_gitlab::RetryPolicy::fast());
+    let system_id = gsr_gitlab::system_id::random();
+    let job = match c
+        .request_job(&token, &system_id, None, &info)
+        .await
+        .expect("request")
+    {
+        JobRequest::Job(j) => j,
+        other => panic!("expected a job, got {other:?}"),
+    };
+    let client = c.job_client(job.spec.id, job.spec.token.clone());
+    if ack {
+        let r = client.update(&JobUpdate::running(None)).await;
+        assert_eq!(r.result, gsr_gitlab::UpdateResult::Accepted);
+    }
+    if let Some(out) = output {
+        let r = client.patch_trace(0, out.as_bytes().to_vec(), false).await;
+        assert!(
+            matches!(r.result, gsr_gitlab::PatchResult::Accepted { .. }),
+            "{r:?}"
+        );
+    }
+    (job.spec.id, job.spec.token)
+}
+
+/// Record the claim the way the dead replica's recorder did.
+async fn record_dead_claim(env: &Env, id: u64, token: SecretString, running: bool) -> Job {
+    let job = env
+        .store
+        .record_claim_with_token(
+            NewClaim {
+                runner_id: env.runner,
+                gitlab_job_id: i64::try_from(id).unwrap(),
+                replica: "r1".into(),
+                queued_duration: None,
+            },
+            Some(token),
+        )
+        .await
+        .expect("claim");
+    if running {
+        env.store
+            .update_job_status(job.id, JobStatus::Running, None)
+            .await
+            .expect("running");
+    }
+    job
+}
+
+#[tokio::test]
+async fn recovery_reports_the_dead_replicas_jobs_to_gitlab_as_failed() {
+    let env = Env::new(3).await;
+    // A: acknowledged, with some output; B: claimed, never acknowledged; C: already
+    // finished in GitLab (the dead replica got the final state out, not the store write).
+    let ids: Vec<u64> = futures_ids(&env, 3).await;
+    let (a, a_token) = claim_in_gitlab(&env, true, Some("partial output\n")).await;
+    let (b, b_token) = claim_in_gitlab(&env, false, None).await;
+    let (c, c_token) = claim_in_gitlab(&env, true, None).await;
+    let mut claimed = vec![a, b, c];
+    claimed.sort_unstable();
+    assert_eq!(claimed, ids);
+    {
+        use gsr_gitlab::{Coordinator, Features, JobUpdate, RunnerInfo};
+        let info = RunnerInfo::new("shell", "bash", Features::shell_runner());
+        let client = Coordinator::new(&env.sim.url, &info)
+            .unwrap()
+            .job_client(c, c_token.clone());
+        let r = client
+            .update(&JobUpdate {
+                state: "success",
+                failure_reason: None,
+                exit_code: None,
+                output: None,
+            })
+            .await;
+        assert_eq!(r.result, gsr_gitlab::UpdateResult::Accepted);
+    }
+    let ja = record_dead_claim(&env, a, a_token, true).await;
+    let jb = record_dead_claim(&env, b, b_token, false).await;
+    let jc = record_dead_claim(&env, c, c_token, true).await;
+    // GitLab asks once to repeat a final state (202): recovery repeats it.
+    env.sim
+        .admin()
+        .fault(gsr_sim::Fault::final_202(1))
+        .await
+        .expect("fault");
+
+    let d = env.dispatcher(env.store.clone(), "r1");
+    let lost = tokio::time::timeout(Duration::from_secs(120), d.recover())
+        .await
+        .expect("recovery ends")
+        .expect("recover");
+    assert_eq!(lost.len(), 3, "{lost:#?}");
+
+    for (id, job, want) in [
+        (a, &ja, gsr_store::Recovery::Reported),
+        (b, &jb, gsr_store::Recovery::Reported),
+        (c, &jc, gsr_store::Recovery::AlreadyOver),
+    ] {
+        let view = env.sim.admin().job(id).await.expect("view");
+        let recorded = lost.iter().find(|j| j.id == job.id).expect("recorded");
+        assert_eq!(recorded.status, JobStatus::Lost);
+        assert_eq!(recorded.failure_reason.as_deref(), Some(LOST_REASON));
+        assert_eq!(recorded.recovery, Some(want), "job {id}");
+        assert!(env.store.job_token(job.id).await.unwrap().is_none());
+        assert_eq!(
+            env.store.raw_job_token_column(job.id).await.unwrap(),
+            None,
+            "token column cleared"
+        );
+        if want == gsr_store::Recovery::Reported {
+            assert_eq!(view.status, "failed", "job {id}");
+            assert_eq!(
+                view.failure_reason.as_deref(),
+                Some("runner_system_failure")
+            );
+        } else {
+            assert_eq!(view.status, "success", "left alone");
+        }
+    }
+    // The line is appended after what the dead worker had sent (the 416 resync).
+    let trace = String::from_utf8_lossy(&env.sim.admin().trace(a).await.unwrap()).into_owned();
+    assert!(trace.starts_with("partial output\n"), "{trace:?}");
+    assert!(
+        trace.contains("gsr serve replica \"r1\" restarted while this job ran"),
+        "{trace:?}"
+    );
+    let trace = String::from_utf8_lossy(&env.sim.admin().trace(b).await.unwrap()).into_owned();
+    assert!(trace.contains("restarted while this job ran"), "{trace:?}");
+    // Nothing left to recover.
+    assert!(d.recover().await.unwrap().is_empty());
+}
+
+/// The ids of the next `n` jobs, enqueued now.
+async fn futures_ids(env: &Env, n: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(env.enqueue(&[&format!("echo {i}")]).await);
+    }
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn recovery_gives_up_on_an_unreachable_gitlab_and_still_records_the_job() {
+    let env = Env::new(1).await;
+    env.enqueue(&["echo x"]).await;
+    let (id, token) = claim_in_gitlab(&env, true, None).await;
+    let job = record_dead_claim(&env, id, token, true).await;
+    // Every job update fails for longer than the retries last.
+    env.sim
+        .admin()
+        .fault(gsr_sim::Fault::status(
+            gsr_sim::FaultRoute::UpdateJob,
+            503,
+            1000,
+        ))
+        .await
+        .expect("fault");
+    let d = env.dispatcher(env.store.clone(), "r1");
+    let lost = tokio::time::timeout(Duration::from_secs(120), d.recover())
+        .await
+        .expect("recovery ends")
+        .expect("recover");
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].id, job.id);
+    assert_eq!(lost[0].recovery, Some(gsr_store::Recovery::Unreachable));
+    assert_eq!(env.store.raw_job_token_column(job.id).await.unwrap(), None);
+    env.sim.admin().clear_faults().await.unwrap();
+    assert_eq!(env.sim.admin().job(id).await.unwrap().status, "running");
+}
+
+#[tokio::test]
+async fn start_recovers_in_the_background_and_claims_meanwhile() {
+    let env = Env::new(2).await;
+    env.enqueue(&["echo old"]).await;
+    let (old, token) = claim_in_gitlab(&env, true, None).await;
+    let dead = record_dead_claim(&env, old, token, true).await;
+    let d = env.dispatcher(env.store.clone(), "r1");
+    let shutdown = gsr_exec::CancellationToken::new();
+    let task = d.start(shutdown.clone()).await.expect("start");
+    let fresh = env.enqueue(&["echo new"]).await;
+    let jobs = env.wait_finished(2).await;
+    let old_job = jobs.iter().find(|j| j.id == dead.id).expect("old");
+    assert_eq!(old_job.status, JobStatus::Lost);
+    assert_eq!(old_job.recovery, Some(gsr_store::Recovery::Reported));
+    let new_job = jobs
+        .iter()
+        .find(|j| j.gitlab_job_id == i64::try_from(fresh).unwrap())
+        .expect("new job recorded");
+    assert_eq!(new_job.status, JobStatus::Success, "{new_job:?}");
+    assert_eq!(env.sim.admin().job(old).await.unwrap().status, "failed");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("stops")
+        .expect("task");
+}
+
+// ---- shutdown: grace, then abort ------------------------------------------------------
+
+/// Start a dispatcher with `grace`, run `sleep 30` and wait until it runs.
+async fn long_job(
+    env: &Env,
+    grace: Duration,
+) -> (
+    Arc<Dispatcher>,
+    gsr_exec::CancellationToken,
+    tokio::task::JoinHandle<()>,
+    u64,
+) {
+    let d = Dispatcher::with_settings(
+        env.store.clone(),
+        Arc::new(gsr_exec_process::ProcessExecutor::new()),
+        worker(&env.dir.path().join("builds-long")),
+        "r1".into(),
+        DispatchSettings {
+            shutdown_grace: grace,
+            final_update_timeout: Duration::from_secs(60),
+            ..settings()
+        },
+    );
+    let shutdown = gsr_exec::CancellationToken::new();
+    let task = d.start(shutdown.clone()).await.expect("start");
+    let id = env.enqueue(&["echo started", "sleep 30"]).await;
+    let r = d
+        .handle_webhook(env.runner, env.delivery(id, Some(&env.secret)))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.message);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let trace = env.sim.admin().trace(id).await.unwrap_or_default();
+        if String::from_utf8_lossy(&trace).contains("started") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "job never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(d.jobs_running(), 1);
+    (d, shutdown, task, id)
+}
+
+async fn assert_aborted(env: &Env, id: u64) {
+    let view = env.sim.admin().job(id).await.expect("view");
+    assert_eq!(
+        view.status, "failed",
+        "GitLab sees the job failed: {view:?}"
+    );
+    let jobs = env.history().await;
+    let job = jobs
+        .iter()
+        .find(|j| j.gitlab_job_id == i64::try_from(id).unwrap())
+        .expect("recorded");
+    assert_eq!(job.status, JobStatus::Failed, "{job:?}");
+    assert_eq!(job.failure_reason.as_deref(), Some("runner_interrupted"));
+    assert_eq!(env.store.raw_job_token_column(job.id).await.unwrap(), None);
+    assert_eq!(
+        env.store.count_unfinished_jobs(env.runner).await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn shutdown_aborts_jobs_still_running_after_the_grace_period() {
+    let env = Env::new(1).await;
+    let (d, shutdown, task, id) = long_job(&env, Duration::from_secs(1)).await;
+    shutdown.cancel();
+    // Hang guard only: the job would sleep 30 s, the grace is 1 s.
+    tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("shutdown ends")
+        .expect("task");
+    assert_eq!(d.jobs_running(), 0);
+    assert_aborted(&env, id).await;
+}
+
+#[tokio::test]
+async fn abort_all_ends_the_grace_period_at_once() {
+    let env = Env::new(1).await;
+    // A grace far longer than the job: only abort_all can end the shutdown early.
+    let (_d, shutdown, task, id) = long_job(&env, Duration::from_secs(3600)).await;
+    shutdown.cancel();
+    let d2 = _d.clone();
+    let abort = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        d2.abort_all();
+    });
+    tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("shutdown ends after abort_all")
+        .expect("task");
+    abort.await.unwrap();
+    assert_aborted(&env, id).await;
+}
+
+#[tokio::test]
+async fn abort_all_without_shutdown_aborts_and_refuses_new_work() {
+    let env = Env::new(1).await;
+    let (d, shutdown, task, id) = long_job(&env, Duration::from_secs(3600)).await;
+    d.abort_all();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while env.store.count_unfinished_jobs(env.runner).await.unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "job not aborted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_aborted(&env, id).await;
+    let r = d
+        .handle_webhook(env.runner, env.delivery(id, Some(&env.secret)))
+        .await;
+    assert_eq!(r.status, 503);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("stops")
+        .expect("task");
+}
+
+// ---- metrics ---------------------------------------------------------------------------
+
+/// A minimal `metrics` recorder for tests: every series by `name{label=value,…}`.
+mod test_recorder {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
+
+    #[derive(Default)]
+    pub struct Series {
+        counter: AtomicU64,
+        gauge: Mutex<f64>,
+        samples: Mutex<Vec<f64>>,
+    }
+
+    impl metrics::CounterFn for Series {
+        fn increment(&self, value: u64) {
+            self.counter.fetch_add(value, Ordering::SeqCst);
+        }
+        fn absolute(&self, value: u64) {
+            self.counter.store(value, Ordering::SeqCst);
+        }
+    }
+
+    impl metrics::GaugeFn for Series {
+        fn increment(&self, value: f64) {
+            *self.gauge.lock().unwrap() += value;
+        }
+        fn decrement(&self, value: f64) {
+            *self.gauge.lock().unwrap() -= value;
+        }
+        fn set(&self, value: f64) {
+            *self.gauge.lock().unwrap() = value;
+        }
+    }
+
+    impl metrics::HistogramFn for Series {
+        fn record(&self, value: f64) {
+            self.samples.lock().unwrap().push(value);
+        }
+    }
+
+    #[derive(Default)]
+    pub struct TestRecorder {
+        series: Mutex<BTreeMap<String, Arc<Series>>>,
+    }
+
+    impl TestRecorder {
+        fn get(&self, key: &Key) -> Arc<Series> {
+            let mut labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            let name = if labels.is_empty() {
+                key.name().to_string()
+            } else {
+                format!("{}{{{}}}", key.name(), labels.join(","))
+            };
+            self.series.lock().unwrap().entry(name).or_default().clone()
+        }
+
+        fn find(&self, name: &str) -> Option<Arc<Series>> {
+            self.series.lock().unwrap().get(name).cloned()
+        }
+
+        pub fn counter(&self, name: &str) -> u64 {
+            self.find(name)
+                .map_or(0, |s| s.counter.load(Ordering::SeqCst))
+        }
+
+        pub fn gauge(&self, name: &str) -> Option<f64> {
+            self.find(name).map(|s| *s.gauge.lock().unwrap())
+        }
+
+        pub fn samples(&self, name: &str) -> Vec<f64> {
+            self.find(name)
+                .map(|s| s.samples.lock().unwrap().clone())
+                .unwrap_or_default()
+        }
+
+        pub fn names(&self) -> Vec<String> {
+            self.series.lock().unwrap().keys().cloned().collect()
+        }
+    }
+
+    impl metrics::Recorder for TestRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.get(key))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(self.get(key))
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(self.get(key))
+        }
+    }
+}
+
+// A current-thread runtime: every task (the sim's too) runs on this thread, so the
+// thread-local recorder sees exactly this test's metrics.
+#[tokio::test(flavor = "current_thread")]
+async fn metrics_are_emitted_with_fixed_names_and_labels() {
+    use gsr_dispatch::metric;
+    let rec = test_recorder::TestRecorder::default();
+    let _guard = metrics::set_default_local_recorder(&rec);
+
+    let env = Env::new(1).await;
+    let d = env.dispatcher(env.store.clone(), "r1");
+    assert_eq!(d.refresh().await.expect("refresh"), 1);
+    assert_eq!(rec.gauge(metric::RUNNERS_ACTIVE), Some(1.0));
+
+    // Deliveries of every kind.
+    let id = env.enqueue(&["echo metrics"]).await;
+    let results = [
+        d.handle_webhook(env.runner, env.delivery(id, Some("wrong")))
+            .await,
+        d.handle_webhook(RunnerId::new(), env.delivery(id, Some(&env.secret)))
+            .await,
+        d.handle_webhook(
+            env.runner,
+            Delivery {
+                event: Some("Push Hook".into()),
+                ..env.delivery(id, Some(&env.secret))
+            },
+        )
+        .await,
+        d.handle_webhook(
+            env.runner,
+            Delivery {
+                body: "not json".into(),
+                ..env.delivery(id, Some(&env.secret))
+            },
+        )
+        .await,
+        d.handle_webhook(env.runner, env.delivery(id, Some(&env.secret)))
+            .await,
+        d.handle_webhook(env.runner, env.delivery(id, Some(&env.secret)))
+            .await,
+    ];
+    let statuses: Vec<u16> = results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [401, 404, 200, 400, 202, 200]);
+    let deliveries = |result: &str| {
+        rec.counter(&format!(
+            "{}{{result={result}}}",
+            metric::WEBHOOK_DELIVERIES
+        ))
+    };
+    for result in [
+        "unauthorized",
+        "not_found",
+        "ignored",
+        "rejected",
+        "accepted",
+        "duplicate",
+    ] {
+        assert_eq!(deliveries(result), 1, "{result}: {:?}", rec.names());
+    }
+
+    env.wait_finished(1).await;
+    assert_eq!(rec.counter(metric::JOBS_CLAIMED), 1);
+    assert_eq!(
+        rec.counter(&format!("{}{{status=success}}", metric::JOBS_FINISHED)),
+        1
+    );
+    assert_eq!(rec.gauge(metric::JOBS_RUNNING), Some(0.0));
+    let claim = rec.samples(metric::CLAIM_LATENCY);
+    assert_eq!(claim.len(), 1, "{claim:?}");
+    assert!(claim[0] >= 0.0);
+    assert_eq!(rec.counter(metric::BACKEND_ERRORS), 0);
+    // The simulator, like GitLab, says how long the job was queued.
+    assert_eq!(rec.samples(metric::PICKUP_LATENCY).len(), 1);
+
+    // Pickup latency, where GitLab said how long the job was queued.
+    let recorder = Recorder::new(env.store.clone(), env.runner, "r1".into());
+    let info = ClaimInfo {
+        job_id: 777_001,
+        project: None,
+        queued_duration: Some(Duration::from_millis(2500)),
+        job_token: Some(SecretString::from("glcbt-metrics-secret".to_owned())),
+    };
+    assert_eq!(recorder.on_claim(&info).await, ClaimDecision::Run);
+    assert_eq!(rec.samples(metric::PICKUP_LATENCY).last(), Some(&2.5));
+    assert_eq!(rec.gauge(metric::JOBS_RUNNING), Some(1.0));
+    let summary = gsr_webhook::JobSummary {
+        job_id: 777_001,
+        status: "failed".into(),
+        failure_reason: Some("script_failure".into()),
+        exit_code: Some(1),
+        delivery: Some("accepted".into()),
+        duration_ms: Some(5),
+    };
+    recorder.on_end(&info, &summary).await;
+    assert_eq!(rec.gauge(metric::JOBS_RUNNING), Some(0.0));
+    assert_eq!(
+        rec.counter(&format!("{}{{status=failed}}", metric::JOBS_FINISHED)),
+        1
+    );
+
+    // The first dispatcher stops (its reconcile loop would take the next job).
+    d.shutdown().await;
+    assert_eq!(rec.gauge(metric::RUNNERS_ACTIVE), Some(0.0));
+
+    // A backend failure: the builds dir cannot be created (its parent is a file).
+    let blocker = env.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let broken = Dispatcher::with_settings(
+        env.store.clone(),
+        Arc::new(gsr_exec_process::ProcessExecutor::new()),
+        worker(&blocker.join("builds")),
+        "r2".into(),
+        settings(),
+    );
+    let id2 = env.enqueue(&["echo never"]).await;
+    let r = broken
+        .handle_webhook(env.runner, env.delivery(id2, Some(&env.secret)))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.message);
+    let jobs = env.wait_finished(3).await;
+    let failed = jobs
+        .iter()
+        .find(|j| j.gitlab_job_id == i64::try_from(id2).unwrap())
+        .expect("recorded");
+    assert_eq!(
+        failed.failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{failed:?}"
+    );
+    assert_eq!(rec.counter(metric::BACKEND_ERRORS), 1);
+    assert_eq!(rec.gauge(metric::RUNNERS_ACTIVE), Some(1.0));
+    broken.shutdown().await;
+
+    // A lost job (recovery after a restart).
+    let stale = env
+        .store
+        .record_claim(NewClaim {
+            runner_id: env.runner,
+            gitlab_job_id: 777_002,
+            replica: "r3".into(),
+            queued_duration: None,
+        })
+        .await
+        .unwrap();
+    let r3 = env.dispatcher(env.store.clone(), "r3");
+    assert_eq!(r3.recover().await.unwrap()[0].id, stale.id);
+    assert_eq!(
+        rec.counter(&format!("{}{{status=lost}}", metric::JOBS_FINISHED)),
+        1
+    );
+
+    assert_eq!(rec.gauge(metric::RUNNERS_ACTIVE), Some(0.0));
+    assert_eq!(rec.counter(metric::JOBS_CLAIMED), 3);
+
+    // Only the documented names, and labels only from fixed vocabularies: never a token,
+    // a secret, a runner or a user.
+    let allowed_labels = [
+        "status=success",
+        "status=failed",
+        "status=canceled",
+        "status=lost",
+        "result=accepted",
+        "result=duplicate",
+        "result=ignored",
+        "result=unauthorized",
+        "result=not_found",
+        "result=rejected",
+        "result=unavailable",
+    ];
+    let names = [
+        metric::JOBS_CLAIMED,
+        metric::JOBS_FINISHED,
+        metric::JOBS_RUNNING,
+        metric::CLAIM_LATENCY,
+        metric::PICKUP_LATENCY,
+        metric::WEBHOOK_DELIVERIES,
+        metric::BACKEND_ERRORS,
+        metric::RUNNERS_ACTIVE,
+    ];
+    for series in rec.names() {
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, Some(l.trim_end_matches('}'))),
+            None => (series.as_str(), None),
+        };
+        assert!(names.contains(&name), "undocumented metric {series}");
+        if let Some(l) = labels {
+            assert!(allowed_labels.contains(&l), "unexpected label {series}");
+        }
+        assert!(!series.contains("glcbt") && !series.contains(&env.secret));
+    }
 }

@@ -34,7 +34,9 @@
 //!   both got the same job exactly one records it; the other gets
 //!   [`StoreError::AlreadyClaimed`]. Repeating one's own claim is idempotent.
 //! - **Secrets are not fields.** [`Runner`] has no token; it is decrypted only by
-//!   [`Store::runner_token`]. Webhook secrets are stored as SHA-256 (shown once, only
+//!   [`Store::runner_token`]. Likewise a claimed job's token (kept only while the job is
+//!   unfinished, so that restart recovery can report the job to GitLab) is read only by
+//!   [`Store::job_token`], and cleared in the same statement that records a final status. Webhook secrets are stored as SHA-256 (shown once, only
 //!   compared, in constant time). Each ciphertext is bound to its row and purpose (AEAD
 //!   associated data), so copying it elsewhere makes it undecryptable.
 //! - **Timestamps** are Unix milliseconds in both dialects (one row mapping, no time-zone
@@ -130,16 +132,41 @@ pub trait Store: Send + Sync + 'static {
     /// *before* handing it to a backend. Unique per (GitLab URL, job id): if another
     /// replica or runner recorded it, [`StoreError::AlreadyClaimed`]; if the same replica
     /// repeats the same claim, the existing record is returned.
-    async fn record_claim(&self, claim: NewClaim) -> Result<Job>;
+    ///
+    /// Keeps no job token; the dispatcher uses [`Store::record_claim_with_token`].
+    async fn record_claim(&self, claim: NewClaim) -> Result<Job> {
+        self.record_claim_with_token(claim, None).await
+    }
+
+    /// [`Store::record_claim`], also keeping the job's token, encrypted, until the job is
+    /// finished (so that recovery can tell GitLab about a job whose replica died). Read it
+    /// only with [`Store::job_token`]. A repeated claim keeps the first record's token.
+    async fn record_claim_with_token(
+        &self,
+        claim: NewClaim,
+        job_token: Option<SecretString>,
+    ) -> Result<Job>;
+
+    /// The job token kept with an unfinished job, decrypted; `None` once the job is
+    /// finished (the column is cleared with the final status) or if none was kept. For
+    /// telling GitLab about the job only; never render or log it.
+    async fn job_token(&self, job: JobId) -> Result<Option<SecretString>>;
 
     /// Move an unfinished job to `status` (sets `started_at` on `Running`, `finished_at` on
-    /// finished states). Finished jobs never change: [`StoreError::InvalidTransition`].
+    /// finished states, and drops the kept job token on finished states). Finished jobs
+    /// never change: [`StoreError::InvalidTransition`].
     async fn update_job_status(
         &self,
         job: JobId,
         status: JobStatus,
         failure_reason: Option<String>,
     ) -> Result<Job>;
+
+    /// Recovery's final word on an unfinished job of a dead replica: status
+    /// [`JobStatus::Lost`] with `reason`, and what GitLab was told (`recovery`); the kept
+    /// job token is dropped. A finished job is [`StoreError::InvalidTransition`] (unless
+    /// it is already lost: then it is returned unchanged).
+    async fn mark_lost(&self, job: JobId, reason: &str, recovery: Recovery) -> Result<Job>;
 
     /// Newest first, at most `limit`, for one of the owner's runners.
     async fn jobs_for_runner(
@@ -162,6 +189,10 @@ pub trait Store: Send + Sync + 'static {
     /// webhook secret hash), for encryption-at-rest checks.
     #[cfg(feature = "testkit")]
     async fn raw_runner_secret_columns(&self, runner: RunnerId) -> Result<Vec<Vec<u8>>>;
+
+    /// Test hook: the raw stored job token column of a job (`None` when NULL).
+    #[cfg(feature = "testkit")]
+    async fn raw_job_token_column(&self, job: JobId) -> Result<Option<Vec<u8>>>;
 
     /// Test hook: the raw stored OAuth token columns of a user.
     #[cfg(feature = "testkit")]

@@ -237,6 +237,51 @@ pub struct Job {
     /// How long the job waited in GitLab's queue (GitLab's `queued_duration`).
     pub queued_duration: Option<Duration>,
     pub failure_reason: Option<String>,
+    /// For a job recovery marked [`JobStatus::Lost`]: what GitLab was told.
+    pub recovery: Option<Recovery>,
+}
+
+/// What restart recovery achieved in GitLab for a job it marked [`JobStatus::Lost`]
+/// (see [`Store::mark_lost`](crate::Store::mark_lost)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Recovery {
+    /// GitLab accepted the job's final `failed` state.
+    Reported,
+    /// GitLab no longer accepted the job token (403/404): the job was already over there.
+    AlreadyOver,
+    /// GitLab could not be reached (or kept refusing) within the retry budget; it times
+    /// the job out itself.
+    Unreachable,
+    /// No job token was stored (a claim from before the token was kept), so GitLab
+    /// could not be told.
+    NoToken,
+}
+
+impl Recovery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recovery::Reported => "reported",
+            Recovery::AlreadyOver => "already_over",
+            Recovery::Unreachable => "unreachable",
+            Recovery::NoToken => "no_token",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "reported" => Recovery::Reported,
+            "already_over" => Recovery::AlreadyOver,
+            "unreachable" => Recovery::Unreachable,
+            "no_token" => Recovery::NoToken,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Input of [`Store::record_claim`](crate::Store::record_claim).

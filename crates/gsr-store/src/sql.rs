@@ -31,7 +31,7 @@ const RUNNER_COLS: &str = "id, owner_id, gitlab_url, gitlab_runner_id, descripti
      run_untagged, locked, access_level, maximum_timeout, paused, backend, backend_settings, \
      concurrency, created_at, updated_at";
 const JOB_COLS: &str = "j.id, j.runner_id, j.gitlab_job_id, j.status, j.replica, j.claimed_at, \
-     j.started_at, j.finished_at, j.queued_duration_ms, j.failure_reason";
+     j.started_at, j.finished_at, j.queued_duration_ms, j.failure_reason, j.recovery";
 
 const KEY_CHECK_NAME: &str = "key_check";
 const KEY_CHECK_AAD: &[u8] = b"gsr/key-check";
@@ -52,6 +52,10 @@ fn opt_ms_to_dt(ms: Option<i64>) -> Result<Option<DateTime<Utc>>> {
 
 fn runner_token_aad(id: RunnerId) -> Vec<u8> {
     format!("gsr/runner-token/{id}").into_bytes()
+}
+
+fn job_token_aad(id: JobId) -> Vec<u8> {
+    format!("gsr/job-token/{id}").into_bytes()
 }
 
 fn oauth_access_aad(id: UserId) -> Vec<u8> {
@@ -131,6 +135,7 @@ macro_rules! impl_store {
             fn job_from_row(row: &$row) -> Result<Job> {
                 let status: String = row.try_get("status")?;
                 let queued: Option<i64> = row.try_get("queued_duration_ms")?;
+                let recovery: Option<String> = row.try_get("recovery")?;
                 Ok(Job {
                     id: JobId(row.try_get("id")?),
                     runner_id: RunnerId(row.try_get("runner_id")?),
@@ -144,6 +149,12 @@ macro_rules! impl_store {
                     queued_duration: queued
                         .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
                     failure_reason: row.try_get("failure_reason")?,
+                    recovery: recovery
+                        .map(|r| {
+                            Recovery::parse(&r)
+                                .ok_or_else(|| StoreError::Corrupt(format!("job recovery {r:?}")))
+                        })
+                        .transpose()?,
                 })
             }
 
@@ -524,17 +535,27 @@ macro_rules! impl_store {
                 Ok(fresh)
             }
 
-            async fn record_claim(&self, claim: NewClaim) -> Result<Job> {
+            async fn record_claim_with_token(
+                &self,
+                claim: NewClaim,
+                job_token: Option<SecretString>,
+            ) -> Result<Job> {
                 let id = JobId::new();
                 let now = now_ms();
                 let queued_ms = claim
                     .queued_duration
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                // Bound to this row's id: if the insert loses to an existing record, the
+                // sealed value is simply not stored.
+                let token_enc = job_token
+                    .as_ref()
+                    .map(|t| self.secrets.seal(&job_token_aad(id), t.expose_secret().as_bytes()));
                 // The WHERE clause is required by SQLite to parse INSERT … SELECT … ON CONFLICT.
                 let done = sqlx::query(
                     "INSERT INTO jobs (id, runner_id, gitlab_url, gitlab_job_id, status, replica, \
-                     claimed_at, queued_duration_ms) \
-                     SELECT $1, r.id, r.gitlab_url, $2, $3, $4, $5, $6 FROM runners r WHERE r.id = $7 \
+                     claimed_at, queued_duration_ms, job_token_enc) \
+                     SELECT $1, r.id, r.gitlab_url, $2, $3, $4, $5, $6, $7 FROM runners r \
+                     WHERE r.id = $8 \
                      ON CONFLICT (gitlab_url, gitlab_job_id) DO NOTHING",
                 )
                 .bind(id.0)
@@ -543,6 +564,7 @@ macro_rules! impl_store {
                 .bind(&claim.replica)
                 .bind(now)
                 .bind(queued_ms)
+                .bind(token_enc)
                 .bind(claim.runner_id.0)
                 .execute(&self.pool)
                 .await?;
@@ -559,6 +581,7 @@ macro_rules! impl_store {
                         queued_duration: queued_ms
                             .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
                         failure_reason: None,
+                        recovery: None,
                     });
                 }
                 let row = sqlx::query(&format!(
@@ -611,7 +634,8 @@ macro_rules! impl_store {
                     }
                     _ => {
                         sqlx::query(
-                            "UPDATE jobs SET status = $1, finished_at = $2, failure_reason = $3 \
+                            "UPDATE jobs SET status = $1, finished_at = $2, failure_reason = $3, \
+                             job_token_enc = NULL \
                              WHERE id = $4 AND status IN ('claimed', 'running')",
                         )
                         .bind(status.as_str())
@@ -625,6 +649,40 @@ macro_rules! impl_store {
                 let after = self.get_job(job).await?;
                 if done.rows_affected() == 0 && after.status != status {
                     return Err(StoreError::InvalidTransition { from: after.status, to: status });
+                }
+                Ok(after)
+            }
+
+            async fn job_token(&self, job: JobId) -> Result<Option<SecretString>> {
+                let row = sqlx::query("SELECT job_token_enc FROM jobs WHERE id = $1")
+                    .bind(job.0)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                let enc: Option<Vec<u8>> = row.try_get("job_token_enc")?;
+                enc.map(|enc| self.secrets.open_string(&job_token_aad(job), &enc))
+                    .transpose()
+            }
+
+            async fn mark_lost(&self, job: JobId, reason: &str, recovery: Recovery) -> Result<Job> {
+                let done = sqlx::query(
+                    "UPDATE jobs SET status = $1, finished_at = $2, failure_reason = $3, \
+                     recovery = $4, job_token_enc = NULL \
+                     WHERE id = $5 AND status IN ('claimed', 'running')",
+                )
+                .bind(JobStatus::Lost.as_str())
+                .bind(now_ms())
+                .bind(reason)
+                .bind(recovery.as_str())
+                .bind(job.0)
+                .execute(&self.pool)
+                .await?;
+                let after = self.get_job(job).await?;
+                if done.rows_affected() == 0 && after.status != JobStatus::Lost {
+                    return Err(StoreError::InvalidTransition {
+                        from: after.status,
+                        to: JobStatus::Lost,
+                    });
                 }
                 Ok(after)
             }
@@ -682,6 +740,16 @@ macro_rules! impl_store {
                 .await?
                 .ok_or(StoreError::NotFound)?;
                 Ok(vec![row.try_get("token_enc")?, row.try_get("webhook_secret_hash")?])
+            }
+
+            #[cfg(feature = "testkit")]
+            async fn raw_job_token_column(&self, job: JobId) -> Result<Option<Vec<u8>>> {
+                let row = sqlx::query("SELECT job_token_enc FROM jobs WHERE id = $1")
+                    .bind(job.0)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                Ok(row.try_get("job_token_enc")?)
             }
 
             #[cfg(feature = "testkit")]

@@ -12,8 +12,8 @@ use futures::future::BoxFuture;
 use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::{
-    AccessLevel, GitlabIdentity, JobStatus, NewClaim, NewRunner, OAuthTokens, RunnerPatch,
-    SecretBox, Store, StoreError, User,
+    AccessLevel, GitlabIdentity, JobStatus, NewClaim, NewRunner, OAuthTokens, Recovery,
+    RunnerPatch, SecretBox, Store, StoreError, User,
 };
 
 /// Opens the database under test with the given key.
@@ -32,6 +32,7 @@ pub async fn run_all(open: Opener) {
     quota_under_parallel_creates(store.clone(), replica_b.clone()).await;
     claim_race_has_one_winner(store.clone(), replica_b.clone()).await;
     job_lifecycle_and_recovery(&*store).await;
+    job_token_kept_until_final(&*store).await;
     encryption_at_rest(&*store).await;
     wrong_key_is_refused(&open, &key).await;
 }
@@ -528,6 +529,135 @@ async fn job_lifecycle_and_recovery(store: &dyn Store) {
     assert!(history
         .windows(2)
         .all(|w| w[0].claimed_at >= w[1].claimed_at));
+}
+
+async fn job_token_kept_until_final(store: &dyn Store) {
+    let u = user(store, "jobtokens").await;
+    let r = store
+        .create_runner(u.id, new_runner(&unique_url(), "glrt-jt"), 5)
+        .await
+        .unwrap()
+        .runner;
+    let claim = |gitlab_job_id: i64| NewClaim {
+        runner_id: r.id,
+        gitlab_job_id,
+        replica: "replica-jt".into(),
+        queued_duration: None,
+    };
+    let token = |t: &str| Some(SecretString::from(t.to_owned()));
+    let plain = "glcbt-JOBTOKEN-MARKER-0001";
+
+    let job = store
+        .record_claim_with_token(claim(1), token(plain))
+        .await
+        .unwrap();
+    assert_eq!(job.recovery, None);
+    assert_eq!(
+        store
+            .job_token(job.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        plain
+    );
+    let raw = store.raw_job_token_column(job.id).await.unwrap().unwrap();
+    assert!(!raw.is_empty());
+    assert!(
+        !contains(&raw, plain.as_bytes()),
+        "job token stored in clear"
+    );
+    assert!(!contains(&raw, b"JOBTOKEN-MARKER"));
+    // A repeated claim of the same job keeps the first token.
+    let again = store
+        .record_claim_with_token(claim(1), token("glcbt-other"))
+        .await
+        .unwrap();
+    assert_eq!(again.id, job.id);
+    assert_eq!(
+        store
+            .job_token(job.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        plain
+    );
+    // Running keeps it; a final status drops it, in the same write.
+    store
+        .update_job_status(job.id, JobStatus::Running, None)
+        .await
+        .unwrap();
+    assert!(store.job_token(job.id).await.unwrap().is_some());
+    store
+        .update_job_status(job.id, JobStatus::Success, None)
+        .await
+        .unwrap();
+    assert!(store.job_token(job.id).await.unwrap().is_none());
+    assert_eq!(store.raw_job_token_column(job.id).await.unwrap(), None);
+
+    for (gitlab_job_id, status) in [(2, JobStatus::Failed), (3, JobStatus::Canceled)] {
+        let j = store
+            .record_claim_with_token(claim(gitlab_job_id), token("glcbt-x"))
+            .await
+            .unwrap();
+        assert!(store.raw_job_token_column(j.id).await.unwrap().is_some());
+        store.update_job_status(j.id, status, None).await.unwrap();
+        assert_eq!(
+            store.raw_job_token_column(j.id).await.unwrap(),
+            None,
+            "{status}"
+        );
+    }
+
+    // Without a token (plain record_claim): nothing kept.
+    let bare = store.record_claim(claim(4)).await.unwrap();
+    assert!(store.job_token(bare.id).await.unwrap().is_none());
+    assert!(matches!(
+        store.job_token(crate::JobId::new()).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Recovery's verdict: lost, with what GitLab was told, and the token gone.
+    let dead = store
+        .record_claim_with_token(claim(5), token("glcbt-dead"))
+        .await
+        .unwrap();
+    let lost = store
+        .mark_lost(dead.id, "replica_restarted", Recovery::Reported)
+        .await
+        .unwrap();
+    assert_eq!(lost.status, JobStatus::Lost);
+    assert_eq!(lost.failure_reason.as_deref(), Some("replica_restarted"));
+    assert_eq!(lost.recovery, Some(Recovery::Reported));
+    assert!(lost.finished_at.is_some());
+    assert_eq!(store.raw_job_token_column(dead.id).await.unwrap(), None);
+    // Idempotent on a lost job; refused on another finished state.
+    let repeat = store
+        .mark_lost(dead.id, "replica_restarted", Recovery::Unreachable)
+        .await
+        .unwrap();
+    assert_eq!(repeat, lost);
+    assert!(matches!(
+        store
+            .mark_lost(job.id, "replica_restarted", Recovery::NoToken)
+            .await,
+        Err(StoreError::InvalidTransition {
+            from: JobStatus::Success,
+            to: JobStatus::Lost
+        })
+    ));
+    let history = store.jobs_for_runner(u.id, r.id, 10).await.unwrap();
+    let shown = history.iter().find(|j| j.id == dead.id).unwrap();
+    assert_eq!(shown.recovery, Some(Recovery::Reported));
+    for r in [
+        Recovery::Reported,
+        Recovery::AlreadyOver,
+        Recovery::Unreachable,
+        Recovery::NoToken,
+    ] {
+        assert_eq!(Recovery::parse(r.as_str()), Some(r));
+    }
 }
 
 async fn encryption_at_rest(store: &dyn Store) {

@@ -56,14 +56,47 @@ pub struct HookResponse {
 }
 
 impl HookResponse {
-    pub(crate) fn new(status: u16, message: impl Into<String>) -> Self {
+    /// A response without a sync waiter (for front ends and embedders that answer a
+    /// delivery themselves, e.g. 404 for an unknown runner).
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
         HookResponse {
             status,
             message: message.into(),
             done: None,
         }
     }
+
+    /// What became of the delivery, as one word for a metric label
+    /// (`gsr_webhook_deliveries_total{result}`):
+    ///
+    /// | response | result |
+    /// |---|---|
+    /// | 202, or 200 carrying a sync waiter (work started) | `accepted` |
+    /// | 200 `duplicate: …` (a re-send or a second hook for the same event or job) | `duplicate` |
+    /// | 200 `ignored: …` (another event, a job that is not pending, a paused runner) | `ignored` |
+    /// | 401 (wrong or missing secret) | `unauthorized` |
+    /// | 404 (no such runner) | `not_found` |
+    /// | other 4xx (400 bad body or headers, 413 too large) | `rejected` |
+    /// | 5xx (503 shutting down, 500 store trouble) | `unavailable` |
+    ///
+    /// Any other 2xx counts as `accepted`. The messages it reads are this crate's own.
+    pub fn result(&self) -> &'static str {
+        match self.status {
+            200 if self.done.is_none() && self.message.starts_with(DUPLICATE) => "duplicate",
+            200 if self.done.is_none() && self.message.starts_with(IGNORED) => "ignored",
+            401 => "unauthorized",
+            404 => "not_found",
+            400..=499 => "rejected",
+            500..=599 => "unavailable",
+            _ => "accepted",
+        }
+    }
 }
+
+/// Prefix of the message of a duplicate delivery.
+pub(crate) const DUPLICATE: &str = "duplicate:";
+/// Prefix of the message of an ignored delivery (also used by embedders' own answers).
+pub const IGNORED: &str = "ignored:";
 
 /// How the job a delivery was about ended, as far as this process knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +182,27 @@ mod tests {
         let s = format!("{d:?}");
         assert!(!s.contains("hook-s3cret"), "{s}");
         assert!(s.contains("[REDACTED]"), "{s}");
+    }
+
+    #[test]
+    fn results_for_the_metric_label() {
+        let r = |status: u16, message: &str| HookResponse::new(status, message).result();
+        assert_eq!(r(202, "accepted: claiming job 1"), "accepted");
+        assert_eq!(r(200, "duplicate: job 1"), "duplicate");
+        assert_eq!(r(200, "ignored: job 1 is \"success\""), "ignored");
+        assert_eq!(r(401, "unauthorized"), "unauthorized");
+        assert_eq!(r(404, "not found"), "not_found");
+        assert_eq!(r(400, "missing X-Gitlab-Event header"), "rejected");
+        assert_eq!(r(413, "too large"), "rejected");
+        assert_eq!(r(503, "shutting down"), "unavailable");
+        assert_eq!(r(500, "internal error"), "unavailable");
+        let (_tx, rx) = oneshot::channel();
+        let sync = HookResponse {
+            status: 200,
+            message: "job 1 ended".into(),
+            done: Some(rx),
+        };
+        assert_eq!(sync.result(), "accepted");
     }
 
     #[test]

@@ -30,12 +30,15 @@
 //! - [`observer`]: [`JobObserver`], an optional hook to record, veto and follow claimed
 //!   jobs (used by the `gsr serve` dispatcher; `gsr webhook` installs none).
 //! - [`http`]: [`app`] (axum `Router`: the hook path, `/healthz`, 404/405/413) and [`serve`].
+//! - [`metric`]: the metric names emitted here (claim latency, backend errors) through the
+//!   `metrics` facade; the embedding binary decides whether a recorder collects them.
 //!
 //! Logs never contain the runner token, job tokens or the hook secret: tokens are
 //! `SecretString`s, and [`Delivery`]'s `Debug` leaves the `X-Gitlab-Token` out.
 
 pub mod delivery;
 pub mod http;
+pub mod metric;
 pub mod observer;
 pub mod seen;
 pub mod service;

@@ -6,6 +6,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use gsr_job::SecretString;
+
 use crate::delivery::JobSummary;
 
 /// A boxed future borrowed from the observer (no `async-trait` needed).
@@ -21,6 +23,10 @@ pub struct ClaimInfo {
     /// How long the job waited in GitLab's queue (`job_info.time_in_queue_seconds`),
     /// when GitLab said.
     pub queued_duration: Option<Duration>,
+    /// The job's token (redacted in `Debug`), so that an embedder can keep it, sealed, to
+    /// report the job to GitLab should this process die while the job runs. `None` when
+    /// the payload gave none.
+    pub job_token: Option<SecretString>,
 }
 
 /// What to do with a claimed job.

@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::delivery::{delivery_name, Delivery, HookResponse, JobSummary};
+use crate::delivery::{delivery_name, Delivery, HookResponse, JobSummary, DUPLICATE, IGNORED};
 use crate::observer::{ClaimDecision, ClaimInfo, JobObserver};
 use crate::seen::{Key, Seen};
 
@@ -221,7 +221,7 @@ impl Webhook {
         };
         if event != JOB_HOOK {
             tracing::debug!(event, "ignored a delivery that is not a Job Hook");
-            return HookResponse::new(200, format!("ignored: {event:?} is not a Job Hook"));
+            return HookResponse::new(200, format!("{IGNORED} {event:?} is not a Job Hook"));
         }
         let hook = match JobHook::parse(&delivery.body) {
             Ok(h) => h,
@@ -237,7 +237,7 @@ impl Webhook {
             tracing::debug!(build_id, status = %hook.build_status, "ignored a Job Hook that is not pending");
             return HookResponse::new(
                 200,
-                format!("ignored: job {build_id} is {:?}", hook.build_status),
+                format!("{IGNORED} job {build_id} is {:?}", hook.build_status),
             );
         }
         if self.stopping() {
@@ -253,7 +253,7 @@ impl Webhook {
                 idempotency_key = ?delivery.idempotency_key,
                 "duplicate delivery; nothing started"
             );
-            return HookResponse::new(200, format!("duplicate: job {build_id}"));
+            return HookResponse::new(200, format!("{DUPLICATE} job {build_id}"));
         }
         {
             let mut r = lock(&self.received);
@@ -624,10 +624,14 @@ impl Webhook {
             via = if received.is_some() { "webhook" } else { "reconcile" },
             "job claimed"
         );
+        // From the delivery's arrival, or else from the start of the request that got it.
+        let waited = claimed_at - received.unwrap_or(sent);
+        metrics::histogram!(crate::metric::CLAIM_LATENCY).record(waited.as_secs_f64());
         let info = ClaimInfo {
             job_id: id,
             project: Some(spec.project_full_path.clone()),
             queued_duration: queued_duration(&job.payload),
+            job_token: Some(spec.token.clone()),
         };
         let me = self.clone();
         self.tracker.spawn(async move {
@@ -665,6 +669,9 @@ impl Webhook {
             )
             .await;
             let took = claimed_at.elapsed();
+            if crate::metric::is_backend_error(&report) {
+                metrics::counter!(crate::metric::BACKEND_ERRORS).increment(1);
+            }
             let summary = JobSummary::from_report(&report, millis(took));
             tracing::info!(
                 job = id,
@@ -731,6 +738,7 @@ impl Webhook {
                 job_id: id,
                 project: None,
                 queued_duration: None,
+                job_token: Some(job_token.clone()),
             };
             let observer = me.observer.clone();
             if let Some(obs) = &observer {
