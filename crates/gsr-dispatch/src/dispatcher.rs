@@ -473,7 +473,12 @@ impl Dispatcher {
             self.replica, runner.id
         ));
         let mut worker = self.worker.clone();
-        worker.builds_dir = worker.builds_dir.join(runner.id.to_string());
+        // Per replica, then per runner: concurrency slots are numbered per replica, so
+        // replicas sharing one builds dir (one host) must not share slot directories.
+        worker.builds_dir = worker
+            .builds_dir
+            .join(path_safe(&self.replica))
+            .join(runner.id.to_string());
         worker.runner.short_token = gsr_worker::short_token(token.expose_secret());
         worker.runner.system_id = system_id.clone();
         let cfg = WebhookConfig {
@@ -569,5 +574,39 @@ impl Dispatcher {
                 reply(500, "internal error")
             }
         }
+    }
+}
+
+/// `name` as one path component: characters other than ASCII letters, digits, `.`, `-`
+/// and `_` become `_` (a replica name is operator-given), and `.`/`..`/empty are avoided.
+fn path_safe(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.chars().all(|c| c == '.') {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_safe;
+
+    #[test]
+    fn replica_names_become_one_safe_path_component() {
+        assert_eq!(path_safe("replica-a.example_1"), "replica-a.example_1");
+        assert_eq!(path_safe("../etc/x y"), ".._etc_x_y");
+        assert_eq!(path_safe(".."), "_..");
+        assert_eq!(path_safe(""), "_");
+        assert_eq!(path_safe("é"), "_");
     }
 }

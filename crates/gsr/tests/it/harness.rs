@@ -234,9 +234,9 @@ impl Serve {
     /// `gsr serve --listen 127.0.0.1:0` with the OAuth app `client_id`/`client_secret`.
     pub fn new(env: &Env, client_id: &str, client_secret: &str) -> Serve {
         let mut cmd = tokio::process::Command::new(gsr_bin());
+        // Both through the environment, so that a test can override them with `.env()`.
         cmd.arg("serve")
-            .arg("--builds-dir")
-            .arg(env.builds_dir())
+            .env("RUNNER_BUILDS_DIR", env.builds_dir())
             .env("GSR_DATA_DIR", env.dir.path().join("gsr-data"))
             .env("GITLAB_URL", &env.sim.url)
             .env("GITLAB_CLIENT_ID", client_id)

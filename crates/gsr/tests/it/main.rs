@@ -7,6 +7,8 @@ mod jobs;
 mod lambda;
 mod lifecycle;
 mod protocol;
+mod replicas;
+mod restart;
 mod serve;
 mod sources;
 mod webhook;
