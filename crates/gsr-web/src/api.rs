@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, JsonError};
 use crate::pages::parse_id;
-use crate::service::{self, FieldErrors, RawInput};
+use crate::service::{self, FieldErrors, RawInput, RawMode};
 use crate::session::ApiSession;
 use crate::WebState;
 
@@ -24,6 +24,10 @@ pub(crate) fn routes() -> Router<WebState> {
         .route("/runners", get(list).post(create))
         .route("/runners/{id}", get(show).put(update).delete(remove))
         .route("/runners/{id}/jobs", get(jobs))
+        .route(
+            "/runners/{id}/webhook-secret",
+            axum::routing::post(new_webhook_secret),
+        )
         .fallback(|| async { JsonError(ApiError::NotFound) })
 }
 
@@ -34,8 +38,8 @@ pub(crate) fn routes() -> Router<WebState> {
 struct ApiJson<T>(T);
 
 /// `GET /api/v1/openapi.json`: the API described as OpenAPI 3.1.
-async fn openapi() -> Json<serde_json::Value> {
-    Json(openapi_document())
+async fn openapi(State(st): State<WebState>) -> Json<serde_json::Value> {
+    Json(openapi_document(&st.backends))
 }
 
 /// `GET /api/v1/me`.
@@ -51,6 +55,11 @@ pub struct MeDto {
     pub csrf_token: String,
     /// Runners allowed per user.
     pub max_runners: u32,
+    /// GitLab instances allowed for `registration_token` / `runner_token` runners (the
+    /// configured one first).
+    pub gitlab_urls: Vec<String>,
+    /// Backends this server offers.
+    pub backends: Vec<String>,
 }
 
 /// A runner as the API shows it (no token, no webhook secret).
@@ -62,6 +71,9 @@ pub struct RunnerDto {
     pub gitlab_runner_id: i64,
     /// The GitLab instance.
     pub gitlab_url: String,
+    /// How it was created: `user_token`, `registration_token` or `runner_token` (decides
+    /// what delete does in GitLab).
+    pub registration: String,
     /// Description.
     pub description: String,
     /// Tags.
@@ -128,19 +140,32 @@ fn default_true() -> bool {
 fn default_access() -> String {
     "not_protected".into()
 }
-fn default_backend() -> String {
-    "local".into()
-}
 fn default_concurrency() -> i64 {
     1
 }
 
 /// `POST /api/v1/runners` body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRunnerRequest {
-    /// GitLab project the runner is for (caller must be Maintainer+).
-    pub project_id: i64,
+    /// How to get the runner: `user_token` (default: `POST /user/runners` for `project_id`
+    /// with the caller's GitLab account), `registration_token` (legacy registration with
+    /// `registration_token`) or `runner_token` (an existing `glrt-` token in `runner_token`).
+    #[serde(default)]
+    pub mode: String,
+    /// GitLab project the runner is for (caller must be Maintainer+); `user_token` only.
+    #[serde(default)]
+    pub project_id: Option<i64>,
+    /// For the token modes: one of the GitLab instances this server allows; default: the
+    /// configured one.
+    #[serde(default)]
+    pub gitlab_url: String,
+    /// For `registration_token`. A secret: used once, not stored, never returned.
+    #[serde(default)]
+    pub registration_token: String,
+    /// For `runner_token`. A secret: stored encrypted, never returned.
+    #[serde(default)]
+    pub runner_token: String,
     /// Description.
     #[serde(default)]
     pub description: String,
@@ -162,12 +187,30 @@ pub struct CreateRunnerRequest {
     /// Default false.
     #[serde(default)]
     pub paused: bool,
-    /// Default `local`.
-    #[serde(default = "default_backend")]
+    /// Default: the first backend the server offers (`local`).
+    #[serde(default)]
     pub backend: String,
     /// Default 1.
     #[serde(default = "default_concurrency")]
     pub concurrency: i64,
+}
+
+impl std::fmt::Debug for CreateRunnerRequest {
+    /// Tokens redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |t: &str| if t.is_empty() { "" } else { "[redacted]" };
+        f.debug_struct("CreateRunnerRequest")
+            .field("mode", &self.mode)
+            .field("project_id", &self.project_id)
+            .field("gitlab_url", &self.gitlab_url)
+            .field("registration_token", &redact(&self.registration_token))
+            .field("runner_token", &redact(&self.runner_token))
+            .field("description", &self.description)
+            .field("tags", &self.tags)
+            .field("backend", &self.backend)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `PUT /api/v1/runners/:id` body; absent fields keep their value.
@@ -199,6 +242,7 @@ fn dto(st: &WebState, r: Runner) -> RunnerDto {
         id: r.id.to_string(),
         webhook_url: service::webhook_url(st, r.id),
         gitlab_runner_id: r.gitlab_runner_id,
+        registration: service::registration_of(&r).to_string(),
         gitlab_url: r.gitlab_url,
         description: r.description,
         tags: r.tags,
@@ -226,6 +270,8 @@ async fn me(State(st): State<WebState>, s: ApiSession) -> Result<Json<MeDto>, Js
         name: u.name,
         csrf_token: s.0.csrf.clone(),
         max_runners: st.config.max_runners,
+        gitlab_urls: st.gitlab_urls(),
+        backends: st.backends.as_ref().clone(),
     }))
 }
 
@@ -258,9 +304,14 @@ async fn create(
 ) -> Result<Response, JsonError> {
     csrf(&s, &headers)?;
     let mut errors = FieldErrors::new();
-    if req.project_id <= 0 {
-        errors.push(("project_id".into(), "a GitLab project id".into()));
+    let mode = RawMode {
+        mode: req.mode,
+        project_id: req.project_id,
+        gitlab_url: req.gitlab_url,
+        registration_token: req.registration_token,
+        runner_token: req.runner_token,
     }
+    .validate(&st, &mut errors);
     let input = RawInput {
         description: req.description.trim().to_string(),
         tags: req.tags,
@@ -269,14 +320,18 @@ async fn create(
         access_level: req.access_level,
         maximum_timeout: req.maximum_timeout,
         paused: req.paused,
-        backend: req.backend,
+        backend: if req.backend.is_empty() {
+            st.backends.first().cloned().unwrap_or_default()
+        } else {
+            req.backend
+        },
         concurrency: req.concurrency,
     }
-    .validate(&mut errors);
-    let Some(input) = input.filter(|_| errors.is_empty()) else {
+    .validate(&st.backends, &mut errors);
+    let (Some(mode), Some(input), true) = (mode, input, errors.is_empty()) else {
         return Err(invalid(errors));
     };
-    let created = service::create(&st, s.0.user_id(), req.project_id, input).await?;
+    let created = service::create(&st, s.0.user_id(), mode, input).await?;
     let body = CreatedRunnerDto {
         webhook_secret: created.webhook_secret.expose_secret().to_string(),
         runner: dto(&st, created.runner),
@@ -308,7 +363,7 @@ async fn update(
         backend: req.backend.unwrap_or(cur.backend),
         concurrency: req.concurrency.unwrap_or(i64::from(cur.concurrency)),
     }
-    .validate(&mut errors)
+    .validate(&st.backends, &mut errors)
     .ok_or_else(|| invalid(errors))?;
     let r = service::update(&st, s.0.user_id(), id, input).await?;
     Ok(Json(dto(&st, r)))
@@ -323,6 +378,29 @@ async fn remove(
     csrf(&s, &headers)?;
     service::delete(&st, s.0.user_id(), parse_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/runners/:id/webhook-secret` reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WebhookSecretDto {
+    /// The new secret (shown once); the old one no longer works.
+    pub webhook_secret: String,
+}
+
+async fn new_webhook_secret(
+    State(st): State<WebState>,
+    s: ApiSession,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookSecretDto>, JsonError> {
+    csrf(&s, &headers)?;
+    let secret = st
+        .store
+        .rotate_webhook_secret(s.0.user_id(), parse_id(&id)?)
+        .await?;
+    Ok(Json(WebhookSecretDto {
+        webhook_secret: secret.expose_secret().to_string(),
+    }))
 }
 
 fn seconds(d: chrono::TimeDelta) -> f64 {
@@ -357,14 +435,19 @@ async fn jobs(
     ))
 }
 
-/// The OpenAPI document (kept next to the handlers and DTOs it describes; a test checks every
-/// path in it answers).
-pub fn openapi_document() -> serde_json::Value {
+/// The OpenAPI document for a server offering `backends` (kept next to the handlers and
+/// DTOs it describes; a test checks every path in it answers).
+pub fn openapi_document(backends: &[String]) -> serde_json::Value {
     use serde_json::json;
     let err = json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}]);
     let csrf = json!({"name": "X-CSRF-Token", "in": "header", "required": true, "schema": {"type": "string"}, "description": "`csrf_token` from GET /me"});
     let runner_ref = json!({"$ref": "#/components/schemas/Runner"});
+    let modes = json!([
+        service::MODE_USER,
+        service::MODE_REGISTRATION,
+        service::MODE_RUNNER
+    ]);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "gsr control plane", "version": env!("CARGO_PKG_VERSION"),
@@ -376,7 +459,9 @@ pub fn openapi_document() -> serde_json::Value {
             "/runners": {
                 "get": {"summary": "List your runners", "responses": {
                     "200": {"description": "ok", "content": {"application/json": {"schema": {"type": "array", "items": runner_ref}}}}, "401": err}},
-                "post": {"summary": "Create a runner in GitLab (POST /user/runners) and here", "parameters": [csrf],
+                "post": {"summary": "Create a runner: in GitLab with your account (POST /user/runners), with a registration token (POST /runners), or from an existing runner token (POST /runners/verify)",
+                    "description": "`mode` picks the way. Tokens sent here are never returned nor logged. Deleting the runner later: `user_token` runners are deleted in GitLab with your account, `registration_token` runners are unregistered with their token (DELETE /runners), `runner_token` runners keep existing in GitLab (only gsr's runner manager is removed, like `gitlab-runner unregister`).",
+                    "parameters": [csrf],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateRunner"}}}},
                     "responses": {"201": {"description": "created; `webhook_secret` is returned this once",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreatedRunner"}}}},
@@ -387,32 +472,42 @@ pub fn openapi_document() -> serde_json::Value {
                 "put": {"summary": "Update (synced to GitLab PUT /runners/:id)", "parameters": [csrf],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/UpdateRunner"}}}},
                     "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": runner_ref}}}, "400": err, "403": err, "404": err}},
-                "delete": {"summary": "Delete here and in GitLab", "parameters": [csrf], "responses": {"204": {"description": "deleted"}, "403": err, "404": err}}},
+                "delete": {"summary": "Delete here, and in GitLab as `registration` says (see POST /runners)", "parameters": [csrf], "responses": {"204": {"description": "deleted"}, "403": err, "404": err}}},
+            "/runners/{id}/webhook-secret": {"parameters": id, "post": {"summary": "Replace the webhook secret (the old one stops working); the new one is returned this once",
+                "parameters": [csrf], "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object", "properties": {"webhook_secret": {"type": "string"}}}}}}, "403": err, "404": err}}},
             "/runners/{id}/jobs": {"parameters": id, "get": {"summary": "Newest jobs of the runner", "responses": {
                 "200": {"description": "ok", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}}}, "404": err}}}
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "fields": {"type": "object", "additionalProperties": {"type": "string"}}}},
-            "Me": {"type": "object", "properties": {"id": {"type": "string"}, "username": {"type": "string"}, "name": {"type": "string"}, "csrf_token": {"type": "string"}, "max_runners": {"type": "integer"}}},
+            "Me": {"type": "object", "properties": {"id": {"type": "string"}, "username": {"type": "string"}, "name": {"type": "string"}, "csrf_token": {"type": "string"}, "max_runners": {"type": "integer"},
+                "gitlab_urls": {"type": "array", "items": {"type": "string"}, "description": "GitLab instances allowed for token-created runners, the configured one first"},
+                "backends": {"type": "array", "items": {"type": "string"}}}},
             "Runner": {"type": "object", "properties": {
                 "id": {"type": "string"}, "gitlab_runner_id": {"type": "integer"}, "gitlab_url": {"type": "string"},
+                "registration": {"enum": modes},
                 "description": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
                 "run_untagged": {"type": "boolean"}, "locked": {"type": "boolean"},
                 "access_level": {"enum": ["not_protected", "ref_protected"]}, "maximum_timeout": {"type": ["integer", "null"]},
                 "paused": {"type": "boolean"}, "backend": {"type": "string"}, "concurrency": {"type": "integer"},
                 "webhook_url": {"type": "string"}, "created_at": {"type": "string"}, "updated_at": {"type": "string"}}},
             "CreatedRunner": {"type": "object", "properties": {"runner": runner_ref, "webhook_secret": {"type": "string"}}},
-            "CreateRunner": {"type": "object", "required": ["project_id"], "additionalProperties": false, "properties": {
-                "project_id": {"type": "integer"}, "description": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+            "CreateRunner": {"type": "object", "additionalProperties": false, "properties": {
+                "mode": {"enum": modes, "default": "user_token"},
+                "project_id": {"type": "integer", "description": "required for `user_token`"},
+                "gitlab_url": {"type": "string", "description": "`registration_token`/`runner_token`: one of `gitlab_urls` from GET /me; default the configured GitLab"},
+                "registration_token": {"type": "string", "writeOnly": true, "description": "required for `registration_token`"},
+                "runner_token": {"type": "string", "writeOnly": true, "description": "required for `runner_token` (glrt-…)"},
+                "description": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
                 "run_untagged": {"type": "boolean", "default": true}, "locked": {"type": "boolean", "default": false},
                 "access_level": {"enum": ["not_protected", "ref_protected"], "default": "not_protected"},
                 "maximum_timeout": {"type": "integer", "minimum": 600}, "paused": {"type": "boolean", "default": false},
-                "backend": {"enum": ["local"], "default": "local"}, "concurrency": {"type": "integer", "minimum": 1, "maximum": 100, "default": 1}}},
+                "backend": {"enum": backends, "default": backends.first()}, "concurrency": {"type": "integer", "minimum": 1, "maximum": 100, "default": 1}}},
             "UpdateRunner": {"type": "object", "additionalProperties": false, "properties": {
                 "description": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
                 "run_untagged": {"type": "boolean"}, "locked": {"type": "boolean"},
                 "access_level": {"enum": ["not_protected", "ref_protected"]}, "maximum_timeout": {"type": "integer", "minimum": 600},
-                "paused": {"type": "boolean"}, "backend": {"enum": ["local"]}, "concurrency": {"type": "integer", "minimum": 1, "maximum": 100}}},
+                "paused": {"type": "boolean"}, "backend": {"enum": backends}, "concurrency": {"type": "integer", "minimum": 1, "maximum": 100}}},
             "Job": {"type": "object", "properties": {
                 "id": {"type": "string"}, "gitlab_job_id": {"type": "integer"},
                 "status": {"enum": ["claimed", "running", "success", "failed", "canceled", "lost"]},

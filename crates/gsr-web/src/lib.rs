@@ -11,21 +11,29 @@
 //! - `session`: sealed cookies (the login state + PKCE verifier, and the session with its
 //!   CSRF token) and the [`Session`] extractor.
 //! - `auth`: `GET /`, `GET /auth/login`, `GET /auth/callback`, `POST /auth/logout`.
-//! - `service`: runner create / update / delete — GitLab first (with the user's OAuth token),
-//!   then the store — shared by the pages and the JSON API so both behave alike.
-//! - `pages`: the HTML runner pages — list, new/create (the webhook URL and secret shown
-//!   once), show (state in GitLab, job history with queue/pickup/run times), edit/update,
-//!   pause/resume, delete — with method override (`_method`) and CSRF tokens in every form.
+//! - `service`: runner create (three modes) / update / delete — GitLab first, then the
+//!   store — shared by the pages and the JSON API so both behave alike; the GitLab
+//!   allow-list and the per-mode delete semantics are documented there.
+//! - `pages`: the HTML runner pages — list (state and newest job per runner), new/create
+//!   (the webhook URL and secret shown once, with the webhook setup steps), show (a state
+//!   people understand: idle, running, paused, offline, not connected yet, setup failed;
+//!   job history with queue/pickup/run times; a new webhook secret on request), edit/update,
+//!   pause/resume, delete behind a confirmation page that says what happens in GitLab —
+//!   with method override (`_method`) and CSRF tokens in every form.
 //! - [`api`]: `/api/v1/...` with its own serde DTOs (a serialized type is a frozen boundary;
 //!   store types are not exposed), `ApiJson` so malformed bodies get the API's error shape,
 //!   and the OpenAPI document at `/api/v1/openapi.json`.
-//! - `views`: `maud` templates (user input is HTML-escaped by default).
+//! - `views`: `maud` templates (user input is HTML-escaped by default). No JavaScript (the
+//!   CSP allows none); the new-runner form shows only the chosen mode's fields with CSS
+//!   `:has()`, and still works where that is unsupported.
 //! - Every response gets `X-Frame-Options: DENY`, `nosniff`, a strict CSP and
 //!   `Referrer-Policy: same-origin`.
 //!
 //! Tests (`tests/it`) drive [`app`] with `oneshot` against a real `gsr-sim` (its OAuth
-//! provider and user-token runner API), following the real login redirects, and scan every
-//! body the app produced for the runner and OAuth token values.
+//! provider, user-token runner API and runner registration API), following the real login
+//! redirects, and scan every body and log line the app produced for the token values. A
+//! person's path through the real pages in headless Chromium is tested in
+//! `crates/gsr/tests/browser` (with screenshots in `target/screenshots/`).
 //!
 //! # Why it is built this way
 //!
@@ -39,9 +47,17 @@
 //!   to the store, which filters on it, so another user's runner is a 404 exactly like a
 //!   missing one. GitLab's 403/404 for a runner map to the same 404.
 //! - **GitLab first, then the store.** A create GitLab accepted but the store refused
-//!   (quota, enforced atomically by the store) is deleted again in GitLab, so parallel
-//!   creates leave no orphan runners. The only GitLab is the configured one
-//!   ([`WebConfig::gitlab_url`]); users cannot point the server at other hosts.
+//!   (quota, enforced atomically by the store) is undone in GitLab, so parallel creates
+//!   leave no orphan runners.
+//! - **Three ways to create a runner**: the user's OAuth token (`POST /user/runners`), a
+//!   legacy registration token (`POST /runners`), or an existing `glrt-` token
+//!   (`POST /runners/verify`); delete follows the mode (details in `service`). Tokens the
+//!   user types are secrets: never logged, never put back into a form.
+//! - **GitLab allow-list.** Users log in with, and OAuth tokens only ever go to, the
+//!   configured GitLab ([`WebConfig::gitlab_url`]). For token-created runners a user may
+//!   pick another GitLab only from [`WebState::extra_gitlab_urls`]; a URL that is not on the
+//!   list is a field error and is never fetched, so the server cannot be used as a proxy
+//!   into private networks.
 //! - **Secrets are shown once or never.** The `glrt-` runner token goes from GitLab's reply
 //!   straight into the store (encrypted); OAuth tokens likewise (refreshed shortly before
 //!   they expire; a token GitLab refuses ends the session). The webhook secret is
@@ -99,6 +115,12 @@ pub struct WebState {
     pub cookie_key: SecretBox,
     /// HTTP client for GitLab.
     pub http: reqwest::Client,
+    /// Other GitLab instances users may pick for runners created with a registration token
+    /// or an existing runner token (the configured [`WebConfig::gitlab_url`] is always
+    /// allowed). Without trailing slash. Default: none.
+    pub extra_gitlab_urls: Arc<Vec<String>>,
+    /// Backends ("runtimes") this server offers for runners. Default: `["local"]`.
+    pub backends: Arc<Vec<String>>,
 }
 
 impl WebState {
@@ -115,7 +137,45 @@ impl WebState {
             config: Arc::new(config),
             cookie_key,
             http,
+            extra_gitlab_urls: Arc::default(),
+            backends: Arc::new(vec!["local".to_string()]),
         }
+    }
+
+    /// Allow these GitLab instances too (see [`WebState::extra_gitlab_urls`]); entries are
+    /// trimmed, and a trailing `/` is dropped.
+    pub fn with_extra_gitlab_urls(mut self, urls: Vec<String>) -> Self {
+        let urls = urls
+            .iter()
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        self.extra_gitlab_urls = Arc::new(urls);
+        self
+    }
+
+    /// Offer these backends (see [`WebState::backends`]); an empty list keeps the default.
+    pub fn with_backends(mut self, backends: Vec<String>) -> Self {
+        if !backends.is_empty() {
+            self.backends = Arc::new(backends);
+        }
+        self
+    }
+
+    /// The configured GitLab, without trailing slash.
+    pub(crate) fn gitlab_url(&self) -> &str {
+        self.config.gitlab_url.trim_end_matches('/')
+    }
+
+    /// Every GitLab a user may pick: the configured one first, then the extra ones.
+    pub(crate) fn gitlab_urls(&self) -> Vec<String> {
+        let mut v = vec![self.gitlab_url().to_string()];
+        for u in self.extra_gitlab_urls.iter() {
+            if !v.contains(u) {
+                v.push(u.clone());
+            }
+        }
+        v
     }
 
     pub(crate) fn public_url(&self) -> &str {

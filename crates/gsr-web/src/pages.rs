@@ -11,9 +11,9 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::service::{self, FieldErrors, RawInput};
+use crate::service::{self, FieldErrors, RawInput, RawMode};
 use crate::session::Session;
-use crate::views::{self, FormValues, Once};
+use crate::views::{self, Choices, FormValues, Once};
 use crate::WebState;
 
 pub(crate) fn routes() -> Router<WebState> {
@@ -25,7 +25,9 @@ pub(crate) fn routes() -> Router<WebState> {
             get(show).post(post_override).put(put).delete(delete),
         )
         .route("/runners/{id}/edit", get(edit_form))
+        .route("/runners/{id}/delete", get(delete_form))
         .route("/runners/{id}/pause", post(pause))
+        .route("/runners/{id}/webhook-secret", post(new_webhook_secret))
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<RunnerId, ApiError> {
@@ -40,7 +42,13 @@ pub(crate) struct RunnerForm {
     csrf: Option<String>,
     #[serde(rename = "_method")]
     method: Option<String>,
+    /// `user_token` (default), `registration_token` or `runner_token`.
+    mode: String,
     project_id: String,
+    gitlab_url: String,
+    /// Secrets: read once, never put back into a form.
+    registration_token: String,
+    runner_token: String,
     description: String,
     tags: String,
     run_untagged: Option<String>,
@@ -55,6 +63,12 @@ pub(crate) struct RunnerForm {
 impl RunnerForm {
     fn values(&self) -> FormValues {
         FormValues {
+            mode: if self.mode.is_empty() {
+                service::MODE_USER.into()
+            } else {
+                self.mode.clone()
+            },
+            gitlab_url: self.gitlab_url.clone(),
             project_id: self.project_id.clone(),
             description: self.description.clone(),
             tags: self.tags.clone(),
@@ -65,6 +79,21 @@ impl RunnerForm {
             paused: self.paused.is_some(),
             backend: self.backend.clone(),
             concurrency: self.concurrency.clone(),
+        }
+    }
+
+    fn raw_mode(&self) -> RawMode {
+        let project_id = match self.project_id.trim() {
+            "" => None,
+            // Not a number: 0, which validation reports for the user-token mode only.
+            p => Some(p.parse::<i64>().unwrap_or(0)),
+        };
+        RawMode {
+            mode: self.mode.clone(),
+            project_id,
+            gitlab_url: self.gitlab_url.clone(),
+            registration_token: self.registration_token.clone(),
+            runner_token: self.runner_token.clone(),
         }
     }
 
@@ -102,11 +131,37 @@ fn no_store(mut resp: Response) -> Response {
 
 async fn list(State(st): State<WebState>, s: Session) -> Result<Response, ApiError> {
     let runners = st.store.list_runners(s.user_id()).await?;
-    Ok(views::runner_list(&s, &runners, st.config.max_runners).into_response())
+    let mut rows = Vec::with_capacity(runners.len());
+    for runner in runners {
+        let running = st.store.count_unfinished_jobs(runner.id).await?;
+        let last_job = st
+            .store
+            .jobs_for_runner(s.user_id(), runner.id, 1)
+            .await?
+            .into_iter()
+            .next();
+        rows.push(views::ListRow {
+            runner,
+            running,
+            last_job,
+        });
+    }
+    Ok(views::runner_list(&s, &rows, st.config.max_runners).into_response())
 }
 
-async fn new_form(s: Session) -> Response {
-    views::runner_form(&s, None, &FormValues::default(), &[]).into_response()
+pub(crate) fn choices(st: &WebState) -> Choices {
+    Choices {
+        gitlab_urls: st.gitlab_urls(),
+        backends: st.backends.as_ref().clone(),
+    }
+}
+
+async fn new_form(State(st): State<WebState>, s: Session) -> Response {
+    let v = FormValues {
+        backend: st.backends.first().cloned().unwrap_or_default(),
+        ..FormValues::default()
+    };
+    views::runner_form(&s, &choices(&st), None, &v, &[]).into_response()
 }
 
 async fn create(
@@ -116,25 +171,26 @@ async fn create(
 ) -> Result<Response, ApiError> {
     s.check_csrf(f.csrf.as_deref())?;
     let mut errors = FieldErrors::new();
-    let project_id = f.project_id.trim().parse::<i64>().ok().filter(|p| *p > 0);
-    if project_id.is_none() {
-        errors.push(("project_id".into(), "a GitLab project id (a number)".into()));
-    }
+    let mode = f.raw_mode().validate(&st, &mut errors);
     let raw = f.raw(&mut errors);
-    let input = raw.validate(&mut errors);
+    let input = raw.validate(&st.backends, &mut errors);
+    let choices = choices(&st);
     let form_error = |errors: FieldErrors| {
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            views::runner_form(&s, None, &f.values(), &errors),
+        no_store(
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                views::runner_form(&s, &choices, None, &f.values(), &errors),
+            )
+                .into_response(),
         )
-            .into_response()
     };
-    let (Some(project_id), Some(input)) = (project_id, input) else {
+    let (Some(mode), Some(input), true) = (mode, input, errors.is_empty()) else {
         return Ok(form_error(errors));
     };
-    match service::create(&st, s.user_id(), project_id, input).await {
+    match service::create(&st, s.user_id(), mode, input).await {
         Ok(created) => {
             let url = service::webhook_url(&st, created.runner.id);
+            let status = service::gitlab_status(&st, s.user_id(), &created.runner).await;
             let page = views::runner_page(
                 &s,
                 &created.runner,
@@ -143,6 +199,7 @@ async fn create(
                     webhook_secret: created.webhook_secret.expose_secret(),
                 }),
             )
+            .with_status(status.as_deref())
             .render();
             Ok(no_store((StatusCode::CREATED, page).into_response()))
         }
@@ -151,6 +208,7 @@ async fn create(
             "runner".into(),
             "runner limit reached".into(),
         )])),
+        Err(ApiError::Gitlab(m)) => Ok(form_error(vec![("runner".into(), m)])),
         Err(e) => Err(e),
     }
 }
@@ -173,6 +231,45 @@ async fn show(
         .with_jobs(&jobs)
         .render();
     Ok(page.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct CsrfForm {
+    #[serde(rename = "_csrf")]
+    csrf: Option<String>,
+}
+
+/// `POST /runners/:id/webhook-secret`: a new webhook secret (the old one stops working),
+/// shown once like at creation — for a person who did not copy the first one.
+async fn new_webhook_secret(
+    State(st): State<WebState>,
+    s: Session,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, ApiError> {
+    s.check_csrf(f.csrf.as_deref())?;
+    let id = parse_id(&id)?;
+    let secret = st.store.rotate_webhook_secret(s.user_id(), id).await?;
+    let r = st.store.get_runner(s.user_id(), id).await?;
+    let url = service::webhook_url(&st, r.id);
+    let jobs = st
+        .store
+        .jobs_for_runner(s.user_id(), id, JOB_HISTORY)
+        .await?;
+    let status = service::gitlab_status(&st, s.user_id(), &r).await;
+    let page = views::runner_page(
+        &s,
+        &r,
+        &url,
+        Some(Once {
+            webhook_secret: secret.expose_secret(),
+        }),
+    )
+    .with_status(status.as_deref())
+    .with_jobs(&jobs)
+    .rotated()
+    .render();
+    Ok(no_store(page.into_response()))
 }
 
 /// Jobs shown on a runner's page.
@@ -206,7 +303,20 @@ async fn edit_form(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let r = st.store.get_runner(s.user_id(), id).await?;
-    Ok(views::runner_form(&s, Some(&r), &FormValues::of(&r), &[]).into_response())
+    Ok(views::runner_form(&s, &choices(&st), Some(&r), &FormValues::of(&r), &[]).into_response())
+}
+
+/// `GET /runners/:id/delete`: the confirmation page (deleting is not undoable and its
+/// effect in GitLab depends on how the runner was created).
+async fn delete_form(
+    State(st): State<WebState>,
+    s: Session,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let r = st.store.get_runner(s.user_id(), id).await?;
+    let running = st.store.count_unfinished_jobs(id).await?;
+    Ok(views::delete_page(&s, &r, running as usize).into_response())
 }
 
 /// `POST /runners/:id` with `_method=PUT` or `_method=DELETE`.
@@ -236,11 +346,12 @@ async fn put(
     let id = parse_id(&id)?;
     let current = st.store.get_runner(s.user_id(), id).await?;
     let mut errors = FieldErrors::new();
-    let input = f.raw(&mut errors).validate(&mut errors);
+    let input = f.raw(&mut errors).validate(&st.backends, &mut errors);
+    let choices = choices(&st);
     let form_error = |errors: FieldErrors| {
         (
             StatusCode::UNPROCESSABLE_ENTITY,
-            views::runner_form(&s, Some(&current), &f.values(), &errors),
+            views::runner_form(&s, &choices, Some(&current), &f.values(), &errors),
         )
             .into_response()
     };

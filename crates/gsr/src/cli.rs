@@ -50,41 +50,118 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-/// `gsr serve`.
+/// `gsr serve`. Every flag can also come from its environment variable or, under its
+/// long name, from the `--config` TOML file (flag > environment > file > default).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML file of settings, keyed by long flag name (e.g. `max_runners = 10`).
+    #[arg(long, env = "GSR_CONFIG", value_name = "FILE", help_heading = "Server")]
+    pub config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free one).
-    #[arg(long, env = "GSR_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "GSR_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR",
+        help_heading = "Server"
+    )]
     pub listen: String,
-    /// Where this app is reachable, e.g. https://gsr.example.com (default: http://LISTEN).
-    #[arg(long, env = "GSR_PUBLIC_URL")]
+    /// Public base URL for OAuth redirects and webhook URLs (unset: http://LISTEN, warned).
+    #[arg(
+        long,
+        env = "GSR_PUBLIC_URL",
+        value_name = "URL",
+        help_heading = "Server"
+    )]
     pub public_url: Option<String>,
-    /// Data directory: the SQLite database (without DATABASE_URL) and the key files.
-    #[arg(long, env = "GSR_DATA_DIR", default_value = "gsr-data")]
-    pub data_dir: PathBuf,
-    /// PostgreSQL URL; without it the store is SQLite in the data dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    /// Largest accepted webhook body, in bytes.
+    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024, value_name = "BYTES", help_heading = "Server")]
+    pub body_limit: usize,
+    /// Seconds running jobs get to finish after a stop signal before they are aborted.
+    #[arg(
+        long,
+        env = "GSR_SHUTDOWN_TIMEOUT",
+        default_value_t = 30,
+        value_name = "SECONDS",
+        help_heading = "Server"
+    )]
+    pub shutdown_timeout: u64,
+    /// This replica's name: unique among replicas, stable across restarts (default: host name).
+    #[arg(
+        long,
+        env = "GSR_REPLICA",
+        value_name = "NAME",
+        help_heading = "Server"
+    )]
+    pub replica: Option<String>,
+
     /// The GitLab instance users log in with.
-    #[arg(long, env = "GITLAB_URL", default_value = "https://gitlab.com")]
+    #[arg(
+        long,
+        env = "GITLAB_URL",
+        default_value = "https://gitlab.com",
+        value_name = "URL",
+        help_heading = "GitLab login"
+    )]
     pub gitlab_url: String,
-    /// OAuth application id.
-    #[arg(long, env = "GITLAB_CLIENT_ID", hide_env_values = true)]
+    /// OAuth application id (redirect URI: PUBLIC_URL/auth/callback).
+    #[arg(
+        long,
+        env = "GITLAB_CLIENT_ID",
+        hide_env_values = true,
+        value_name = "ID",
+        help_heading = "GitLab login"
+    )]
     pub gitlab_client_id: String,
     /// OAuth application secret (omit for a public application).
-    #[arg(long, env = "GITLAB_CLIENT_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GITLAB_CLIENT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        help_heading = "GitLab login"
+    )]
     pub gitlab_client_secret: Option<String>,
-    /// Runners per user.
-    #[arg(long, env = "MAX_REGISTABLE_RUNNER_COUNT", default_value_t = 5)]
+    /// More GitLab instances allowed for runners created from a registration or runner
+    /// token (comma-separated; logins always use --gitlab-url).
+    #[arg(
+        long,
+        env = "GSR_EXTRA_GITLAB_URLS",
+        value_delimiter = ',',
+        value_name = "URL,...",
+        help_heading = "GitLab login"
+    )]
+    pub extra_gitlab_urls: Vec<String>,
+    /// Runners each user may register.
+    #[arg(
+        long,
+        env = "MAX_REGISTABLE_RUNNER_COUNT",
+        default_value_t = 5,
+        value_name = "N",
+        help_heading = "GitLab login"
+    )]
     pub max_runners: u32,
-    /// This replica's name, unique among live replicas and stable across restarts
-    /// (default: the host name).
-    #[arg(long, env = "GSR_REPLICA")]
-    pub replica: Option<String>,
-    /// Largest accepted hook body in bytes.
-    #[arg(long, env = "WEBHOOK_BODY_LIMIT", default_value_t = 1024 * 1024)]
-    pub body_limit: usize,
-    #[command(flatten)]
+
+    /// SQLite database (without DATABASE_URL) and key files.
+    #[arg(
+        long,
+        env = "GSR_DATA_DIR",
+        default_value = "gsr-data",
+        value_name = "DIR",
+        help_heading = "Storage"
+    )]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; without it the store is SQLite in the data dir.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        help_heading = "Storage"
+    )]
+    pub database_url: Option<String>,
+
+    #[command(flatten, next_help_heading = "Jobs")]
     pub executor: ExecutorArgs,
 }
 

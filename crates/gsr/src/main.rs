@@ -3,24 +3,26 @@
 //!
 //! Layout:
 //! - [`cli`]: flags and environment fallbacks (gitlab-runner's names).
+//! - [`config`]: `gsr serve --config FILE`, TOML settings as the flags' defaults.
 //! - [`run_single`]: the claim-and-run loop of `gsr run-single`.
 //! - [`exec`]: `gsr exec`, one already-claimed job with the job token only.
 //! - [`lifecycle`]: `register`, `verify`, `unregister`.
 //! - [`webhook`]: `gsr webhook`, the Job Hook receiver (core in the `gsr-webhook` crate).
 //! - [`lambda`]: `gsr lambda` / `bootstrap`, the AWS Lambda custom runtime (`gsr-lambda`).
 //! - [`serve`]: `gsr serve`, the control plane (web app + dispatcher, `gsr-web`/`gsr-dispatch`).
+//! - [`metrics`]: `GET /metrics` of `gsr serve` (Prometheus text).
 //! - [`wiring`]: building executors, runner identity, logging, signals.
 
 mod cli;
+mod config;
 mod exec;
 mod lambda;
 mod lifecycle;
+mod metrics;
 mod run_single;
 mod serve;
 mod webhook;
 mod wiring;
-
-use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     // The runner token arrives in our environment (RUNNER_TOKEN), and /proc/<pid>/environ
@@ -30,10 +32,19 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("gsr: warning: cannot protect the process environment from jobs: {e}");
     }
-    let cli = cli::Cli::parse_from(lambda::argv(std::env::args_os()));
+    let (cli, warnings) = match config::parse(lambda::argv(std::env::args_os())) {
+        Ok(p) => (p.cli, p.warnings),
+        Err(e) => {
+            eprintln!("gsr: error: {e:#}");
+            return std::process::ExitCode::from(wiring::EXIT_USAGE);
+        }
+    };
     match cli.log_format {
         cli::LogFormat::Text => wiring::init_logging(cli.debug),
         cli::LogFormat::Json => init_json_logging(cli.debug),
+    }
+    for w in warnings {
+        tracing::warn!("{w}");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

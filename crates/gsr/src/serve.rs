@@ -8,13 +8,23 @@
 //! sealed with a separate key: `GSR_COOKIE_KEY` or `DATA_DIR/cookie/secret.key` (replicas
 //! behind one load balancer must share it).
 //!
-//! Signals: SIGINT/SIGTERM/SIGQUIT stop accepting connections, let open requests finish,
-//! stop claiming and wait for the running jobs, then exit 0.
+//! `GET /metrics` serves Prometheus text ([`crate::metrics`]). Settings may come from a
+//! TOML file (`--config`, [`crate::config`]).
+//!
+//! Signals ([`wiring::serve_signals`]): the first SIGINT/SIGTERM/SIGQUIT stops accepting
+//! connections (open requests finish) and claiming; running jobs get
+//! `--shutdown-timeout` seconds, then are aborted and reported failed to GitLab; exit 0.
+//! A second signal aborts the running jobs at once and exits when their final updates
+//! are sent (at most [`FORCED_EXIT_BOUND`]; exit 4 if they could not all be sent).
+//! Why drain by default: orchestrators send SIGTERM on every deploy, and a user's job
+//! should not fail because the control plane was upgraded.
 
+use std::future::IntoFuture;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::body::Bytes;
@@ -23,7 +33,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use gsr_dispatch::Dispatcher;
+use gsr_dispatch::{DispatchSettings, Dispatcher};
 use gsr_exec::CancellationToken;
 use gsr_store::{PgStore, RunnerId, SecretBox, SqliteStore, Store};
 use gsr_web::{WebConfig, WebState};
@@ -35,9 +45,15 @@ use crate::wiring;
 /// Environment variable with the base64 32-byte key sealing the session cookies.
 const COOKIE_KEY_ENV: &str = "GSR_COOKIE_KEY";
 
+/// After a second signal, how long the aborted jobs get to send their final updates.
+const FORCED_EXIT_BOUND: Duration = Duration::from_secs(15);
+/// After the jobs ended, how long open HTTP requests get before the process exits anyway.
+const HTTP_DRAIN_BOUND: Duration = Duration::from_secs(10);
+
 /// Run the control plane until a signal stops it.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let signals = wiring::signals()?;
+    let signals = wiring::serve_signals()?;
+    let metrics = crate::metrics::install()?;
     let data_dir = args.data_dir.as_path();
     let store = open_store(data_dir, args.database_url.as_deref()).await?;
     let cookie_key = cookie_key(data_dir)?;
@@ -53,19 +69,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(wiring::hostname);
-    let dispatcher = Dispatcher::new(store.clone(), executor.clone(), worker, replica.clone());
+    let grace = Duration::from_secs(args.shutdown_timeout);
+    let settings = DispatchSettings {
+        shutdown_grace: grace,
+        ..DispatchSettings::default()
+    };
+    let dispatcher = Dispatcher::with_settings(
+        store.clone(),
+        executor.clone(),
+        worker,
+        replica.clone(),
+        settings,
+    );
 
     let listener = tokio::net::TcpListener::bind(args.listen.as_str())
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let public_url = args
-        .public_url
-        .clone()
-        .filter(|u| !u.trim().is_empty())
-        .unwrap_or_else(|| format!("http://{addr}"))
-        .trim_end_matches('/')
-        .to_string();
+    let public_url = match args.public_url.as_deref().map(str::trim) {
+        Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
+        _ => {
+            let bound = format!("http://{addr}");
+            tracing::warn!(
+                public_url = %bound,
+                "--public-url (GSR_PUBLIC_URL) is not set: OAuth redirects and runner webhook \
+                 URLs use the bound address, which GitLab and browsers can reach only if it is \
+                 the public one; set it to the URL users and GitLab see"
+            );
+            bound
+        }
+    };
     let config = WebConfig {
         gitlab_url: args.gitlab_url.trim_end_matches('/').to_string(),
         oauth_client_id: args.gitlab_client_id.clone(),
@@ -77,20 +110,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         public_url: public_url.clone(),
         max_runners: args.max_runners,
     };
-    let web = gsr_web::app(WebState::new(store, config, cookie_key));
-    let app = hooks(dispatcher.clone(), args.body_limit).merge(web);
+    let web = gsr_web::app(
+        WebState::new(store, config, cookie_key)
+            .with_extra_gitlab_urls(args.extra_gitlab_urls.clone()),
+    );
+    let app = hooks(dispatcher.clone(), args.body_limit)
+        .merge(crate::metrics::routes(metrics))
+        .merge(web);
 
     let shutdown = CancellationToken::new();
-    let dispatching = dispatcher
+    let mut dispatching = dispatcher
         .start(shutdown.clone())
         .await
         .context("starting the dispatcher")?;
-    {
-        // Tests and wrappers read the port from here (`--listen 127.0.0.1:0`).
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "gsr serve listening on http://{addr}");
-        let _ = out.flush();
-    }
     tracing::info!(
         %addr,
         %public_url,
@@ -98,24 +130,84 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         %replica,
         executor = executor.name(),
         store = if args.database_url.is_some() { "postgres" } else { "sqlite" },
+        shutdown_timeout_s = args.shutdown_timeout,
         "gsr serve listening"
     );
+    {
+        // Tests and wrappers read the port from here (`--listen 127.0.0.1:0`); after the
+        // log line, so whoever saw this line finds the settings in the log.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "gsr serve listening on http://{addr}");
+        let _ = out.flush();
+    }
 
-    let stop = signals.stop_requesting.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
+    // The first signal stops accepting connections (open requests finish) and claiming
+    // at the same time; the dispatcher gives running jobs `grace`, then aborts them and
+    // reports them failed.
+    let drain = signals.drain.clone();
+    let mut served = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { drain.cancelled().await })
+            .into_future(),
+    );
+    // The server task also ends on the drain signal (graceful shutdown), so which of the
+    // two is seen first says nothing; only an end *without* the signal is a failure.
+    let mut served_early = None;
+    tokio::select! {
+        biased;
+        _ = signals.drain.cancelled() => {}
+        r = &mut served => served_early = Some(r),
+    }
+    if served_early.is_some() && !signals.drain.is_cancelled() {
+        // An accept error ended the server: stop everything.
+        shutdown.cancel();
+        dispatcher.abort_all();
+        let _ = tokio::time::timeout(FORCED_EXIT_BOUND, dispatching).await;
+        if let Some(r) = served_early {
+            r.context("the HTTP server task")?.context("serving")?;
+        }
+        anyhow::bail!("the HTTP server stopped unexpectedly");
+    }
+    crate::metrics::shutting_down();
     shutdown.cancel();
-    if dispatcher.jobs_running() > 0 {
+    let running = dispatcher.jobs_running();
+    if running > 0 {
         tracing::info!(
-            jobs = dispatcher.jobs_running(),
+            jobs = running,
+            grace_s = grace.as_secs(),
             "waiting for the running jobs to end"
         );
     }
-    let _ = dispatching.await;
-    served.context("serving")?;
+    // A second signal aborts the jobs now; their final updates get a short, fixed time.
+    let mut code = wiring::EXIT_OK;
+    tokio::select! {
+        _ = &mut dispatching => {}
+        _ = signals.force.cancelled() => {
+            dispatcher.abort_all();
+            if tokio::time::timeout(FORCED_EXIT_BOUND, &mut dispatching).await.is_err() {
+                tracing::error!(
+                    jobs = dispatcher.jobs_running(),
+                    "final updates of aborted jobs not sent in time; exiting anyway"
+                );
+                code = wiring::EXIT_UNDELIVERED;
+            }
+        }
+    }
+    // Open requests may finish (bounded; a second signal stops waiting).
+    let served = match served_early {
+        Some(r) => Some(r),
+        None => tokio::select! {
+            biased;
+            r = tokio::time::timeout(HTTP_DRAIN_BOUND, &mut served) => r.ok(),
+            _ = signals.force.cancelled() => None,
+        },
+    };
+    match served {
+        Some(r) => r.context("the HTTP server task")?.context("serving")?,
+        None => tracing::warn!("open HTTP requests did not end in time; closing them"),
+    }
     tracing::info!("gsr serve stopped");
-    Ok(ExitCode::from(wiring::EXIT_OK))
+    Ok(ExitCode::from(code))
 }
 
 /// PostgreSQL at `database_url`, else SQLite in `data_dir`; secrets sealed with the key
@@ -170,4 +262,42 @@ async fn hook(
         .await;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, answer.message).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use crate::cli::Cli;
+
+    #[test]
+    fn help_groups_the_options_and_names_their_environment_variables() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("serve")
+            .expect("serve")
+            .render_help()
+            .to_string();
+        let mut at = 0;
+        for heading in ["Server:", "GitLab login:", "Storage:", "Jobs:"] {
+            let i = help[at..]
+                .find(heading)
+                .unwrap_or_else(|| panic!("{heading} missing or out of order:\n{help}"));
+            at += i;
+        }
+        for env in [
+            "GSR_CONFIG",
+            "GSR_LISTEN",
+            "GSR_PUBLIC_URL",
+            "GSR_SHUTDOWN_TIMEOUT",
+            "GITLAB_CLIENT_SECRET",
+            "DATABASE_URL",
+            "GSR_EXTRA_GITLAB_URLS",
+        ] {
+            assert!(help.contains(&format!("[env: {env}")), "{env}:\n{help}");
+        }
+        // One line per option in the short help.
+        let listen = help.lines().find(|l| l.contains("--listen")).unwrap();
+        assert!(listen.contains("[default: 127.0.0.1:8080]"), "{listen}");
+    }
 }

@@ -1,4 +1,5 @@
-//! Building the parts from flags: logging, executors, the runner identity, signals.
+//! Building the parts from flags: logging, executors, the runner identity, signals
+//! ([`signals`] for the job-running commands, [`serve_signals`] for `gsr serve`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,12 +23,15 @@ pub const EXIT_UNDELIVERED: u8 = 4;
 pub const EXIT_USAGE: u8 = 2;
 
 /// Logs go to stderr; `RUST_LOG` wins over `--debug`. Job output never goes here.
+/// Colours only on a terminal: a log file or collector gets plain `key=value` text.
 pub fn init_logging(debug: bool) {
+    use std::io::IsTerminal;
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -124,6 +128,50 @@ pub fn signals() -> anyhow::Result<Signals> {
         abort,
         stop_requesting: stop,
     })
+}
+
+/// Signals of `gsr serve`: the first SIGINT/SIGTERM/SIGQUIT drains, the second forces.
+///
+/// Unlike `run-single`, where SIGTERM aborts the one job at once (as gitlab-runner does),
+/// a control plane runs many users' jobs and is stopped by orchestrators on every deploy:
+/// a stop request must let short jobs finish (for `--shutdown-timeout`), and only an
+/// operator who insists (a second signal) gets the jobs aborted right away.
+pub struct ServeSignals {
+    /// Fired on the first signal: stop accepting and claiming, drain.
+    pub drain: CancellationToken,
+    /// Fired on the second signal: abort the running jobs now.
+    pub force: CancellationToken,
+}
+
+/// Install the handlers of `gsr serve`.
+pub fn serve_signals() -> anyhow::Result<ServeSignals> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let drain = CancellationToken::new();
+    let force = CancellationToken::new();
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut quit = signal(SignalKind::quit()).context("installing SIGQUIT handler")?;
+    let (d, f) = (drain.clone(), force.clone());
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+                _ = quit.recv() => "SIGQUIT",
+            };
+            if !d.is_cancelled() {
+                tracing::warn!(
+                    signal = name,
+                    "stopping: no new jobs; running jobs may finish (a second signal aborts them)"
+                );
+                d.cancel();
+            } else if !f.is_cancelled() {
+                tracing::warn!(signal = name, "second signal: aborting the running jobs");
+                f.cancel();
+            }
+        }
+    });
+    Ok(ServeSignals { drain, force })
 }
 
 /// Exit status for one finished job.

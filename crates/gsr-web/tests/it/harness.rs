@@ -115,8 +115,13 @@ pub struct Browser {
 
 impl Browser {
     pub fn new(w: &World) -> Self {
+        Self::with_state(w, w.state.clone())
+    }
+
+    /// A browser on an app with a changed state (extra GitLab URLs, backends).
+    pub fn with_state(w: &World, state: WebState) -> Self {
         Self {
-            router: app(w.state.clone()),
+            router: app(state),
             cookies: Vec::new(),
             bodies: w.bodies.clone(),
             csrf: String::new(),

@@ -37,7 +37,7 @@ async fn login_page_then_oauth_pkce_login_and_logout() {
     let mut b = Browser::new(&w);
     let home = b.get("/").await;
     assert_eq!(home.status, StatusCode::OK);
-    assert!(home.body.contains("Sign in with GitLab"));
+    assert!(home.body.contains("Log in with GitLab"));
     // Not logged in: pages redirect to the login page, the API answers 401.
     assert_eq!(b.get("/runners").await.location(), "/");
     assert_eq!(
@@ -167,7 +167,7 @@ async fn revoked_token_ends_the_session() {
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     assert_eq!(r.location(), "/");
     assert!(!b.cookies.iter().any(|(k, _)| k == "gsr_session"));
-    assert!(b.get("/").await.body.contains("Sign in with GitLab"));
+    assert!(b.get("/").await.body.contains("Log in with GitLab"));
 }
 
 #[tokio::test]

@@ -127,3 +127,104 @@ async fn secrets_never_reach_the_logs() {
         }
     }
 }
+
+#[tokio::test]
+async fn tokens_typed_by_the_user_never_reach_the_logs() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("gsr_web=trace,gsr_gitlab=trace")
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let w = world(3).await;
+    // An allowed GitLab that is down: the transport error path is logged too.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_url = format!("http://{}", down.local_addr().unwrap());
+    drop(down);
+    let state = w
+        .state
+        .clone()
+        .with_extra_gitlab_urls(vec![down_url.clone()]);
+    let mut b = Browser::with_state(&w, state);
+    b.login(&w, "alice").await;
+    let registration = gsr_sim::SimConfig::default().registration_token;
+    let existing = w
+        .admin
+        .create_runner_with(&gsr_sim::RunnerInput {
+            project_ids: Some(vec![w.alice_project]),
+            ..gsr_sim::RunnerInput::default()
+        })
+        .await
+        .unwrap();
+    let mut secrets = vec![
+        registration.clone(),
+        existing.token.clone(),
+        "GR1348941wrong-registration".to_string(),
+        "glrt-wrong-runner-token".to_string(),
+    ];
+    for (body, want) in [
+        (
+            serde_json::json!({"mode": "registration_token", "registration_token": "GR1348941wrong-registration"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({"mode": "runner_token", "runner_token": "glrt-wrong-runner-token"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({"mode": "runner_token", "gitlab_url": down_url, "runner_token": existing.token}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            serde_json::json!({"mode": "registration_token", "registration_token": registration}),
+            StatusCode::CREATED,
+        ),
+        (
+            serde_json::json!({"mode": "runner_token", "runner_token": existing.token}),
+            StatusCode::CREATED,
+        ),
+    ] {
+        let r = b.json(Method::POST, "/api/v1/runners", body).await;
+        assert_eq!(r.status, want, "{}", r.body);
+    }
+    let list = b
+        .json(Method::GET, "/api/v1/runners", serde_json::Value::Null)
+        .await
+        .json();
+    for r in list.as_array().unwrap() {
+        let id = r["id"].as_str().unwrap();
+        let rid: gsr_store::RunnerId = id.parse().unwrap();
+        secrets.push(
+            w.store
+                .runner_token(rid)
+                .await
+                .unwrap()
+                .expose_secret()
+                .to_string(),
+        );
+        let r = b
+            .json(
+                Method::DELETE,
+                &format!("/api/v1/runners/{id}"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("GitLab unreachable"), "{logs}");
+    for s in &secrets {
+        assert!(
+            !logs.contains(s.as_str()),
+            "secret {s:?} in the logs: {logs}"
+        );
+    }
+    for body in w.bodies.lock().unwrap().iter() {
+        for s in &secrets {
+            assert!(!body.contains(s.as_str()), "secret in a body: {body}");
+        }
+    }
+}

@@ -4,4 +4,5 @@
 mod harness;
 mod login;
 mod logs;
+mod modes;
 mod runners;

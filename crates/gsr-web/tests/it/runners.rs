@@ -488,7 +488,7 @@ async fn pause_resume_synced_and_job_history_shown() {
     b.login(&w, "alice").await;
     let (id, gid, _) = create(&mut b, &w, "pausable").await;
     let page = b.get(&format!("/runners/{id}")).await;
-    assert!(page.body.contains("never_contacted"), "{}", page.body);
+    assert!(page.body.contains("never contacted"), "{}", page.body);
     let csrf = b.csrf.clone();
     let r = b
         .post_form(
@@ -607,10 +607,94 @@ async fn api_errors_are_json_and_openapi_paths_exist() {
 
     let (id, _, _) = create(&mut b, &w, "doc").await;
     let doc = b.get("/api/v1/openapi.json").await.json();
-    assert_eq!(doc, gsr_web::api::openapi_document());
-    for path in doc["paths"].as_object().unwrap().keys() {
+    assert_eq!(doc, gsr_web::api::openapi_document(&["local".to_string()]));
+    for (path, ops) in doc["paths"].as_object().unwrap() {
         let uri = format!("/api/v1{}", path.replace("{id}", &id));
-        let r = b.get(&uri).await;
-        assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.body);
+        for op in ["get", "post", "put", "delete"] {
+            if ops.get(op).is_none() {
+                continue;
+            }
+            // Every documented operation is routed (a missing route would be a 404/405).
+            let method = Method::from_bytes(op.to_uppercase().as_bytes()).unwrap();
+            let r = match op {
+                "get" => b.get(&uri).await,
+                // Without a body / CSRF header: routed, then refused by validation or CSRF.
+                _ => b.send(method, &uri, None, String::new()).await,
+            };
+            assert!(
+                r.status != StatusCode::NOT_FOUND && r.status != StatusCode::METHOD_NOT_ALLOWED,
+                "{op} {uri}: {} {}",
+                r.status,
+                r.body
+            );
+            if op == "get" {
+                assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.body);
+            }
+        }
     }
+}
+
+#[tokio::test]
+async fn a_lost_webhook_secret_can_be_replaced() {
+    let w = world(3).await;
+    let mut b = Browser::new(&w);
+    b.login(&w, "alice").await;
+    let (id, _, first) = create(&mut b, &w, "rotating").await;
+    let rid: gsr_store::RunnerId = id.parse().unwrap();
+    let page = b.get(&format!("/runners/{id}")).await;
+    assert!(page.body.contains("id=\"new-webhook-secret\""));
+
+    // Without the CSRF token nothing changes.
+    let r = b
+        .post_form(
+            &format!("/runners/{id}/webhook-secret"),
+            &[("_csrf", "nope")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(w.store.verify_webhook_secret(rid, &first).await.unwrap());
+
+    let csrf = b.csrf.clone();
+    let r = b
+        .post_form(
+            &format!("/runners/{id}/webhook-secret"),
+            &[("_csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert!(r.body.contains("The old secret token no longer works"));
+    let second = between(&r.body, "id=\"webhook-secret\">", "<");
+    assert_ne!(second, first);
+    assert!(!w.store.verify_webhook_secret(rid, &first).await.unwrap());
+    assert!(w.store.verify_webhook_secret(rid, &second).await.unwrap());
+    // Shown once: the page does not repeat it.
+    assert!(!b
+        .get(&format!("/runners/{id}"))
+        .await
+        .body
+        .contains(&second));
+
+    // The API does the same; another user gets a 404.
+    let r = b
+        .json(
+            Method::POST,
+            &format!("/api/v1/runners/{id}/webhook-secret"),
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let third = r.json()["webhook_secret"].as_str().unwrap().to_string();
+    assert!(w.store.verify_webhook_secret(rid, &third).await.unwrap());
+    let mut bob = Browser::new(&w);
+    bob.login(&w, "bob").await;
+    let csrf = bob.csrf.clone();
+    let r = bob
+        .post_form(
+            &format!("/runners/{id}/webhook-secret"),
+            &[("_csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(w.store.verify_webhook_secret(rid, &third).await.unwrap());
 }

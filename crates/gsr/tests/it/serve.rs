@@ -1,7 +1,22 @@
 //! `gsr serve` end to end: the real binary (SQLite in a temp dir) with the simulator as
-//! GitLab.
+//! GitLab: health, the config file and its precedence, the shutdown sequence (drain,
+//! `--shutdown-timeout`, a second signal), and a person's whole path over HTTP (GitLab
+//! login, runner creation, Job Hook, job history, metrics) with a scan for secrets.
+//!
+//! Runners for the shutdown tests are created in serve's store before it starts (with a
+//! known `GSR_SECRET_KEY`), so they need no login; the dispatcher's reconcile loop claims
+//! their jobs.
 
-use crate::harness::{Env, Serve};
+use std::time::Duration;
+
+use base64::Engine as _;
+use gsr_store::{
+    AccessLevel, GitlabIdentity, NewRunner, RunnerId, SecretBox, SqliteStore, Store, UserId,
+};
+use nix::sys::signal::Signal;
+use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::harness::{output, Env, Serve, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serve_health_unknown_hook_and_graceful_stop() {
@@ -62,4 +77,583 @@ async fn serve_health_unknown_hook_and_graceful_stop() {
         "{status:?}: {}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+// ---- helpers ---------------------------------------------------------------------------
+
+/// The key the tests seal runner tokens with, passed to serve as `GSR_SECRET_KEY`.
+const KEY: [u8; 32] = [0x42; 32];
+/// A webhook secret the tests know (runners created in the store directly).
+const HOOK_SECRET_PREFIX: &str = "whs-known-";
+
+fn key_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode(KEY)
+}
+
+/// A runner of `env`'s simulator runner token, created in serve's SQLite store before serve
+/// starts (no web login needed); returns its id and webhook secret.
+async fn runner_in_store(env: &Env) -> (RunnerId, String) {
+    let data = env.dir.path().join("gsr-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let store = SqliteStore::open(&data, SecretBox::from_key(KEY))
+        .await
+        .expect("store opens");
+    let user = store
+        .upsert_user_from_gitlab(GitlabIdentity {
+            gitlab_user_id: 7,
+            username: "op".into(),
+            name: "Op".into(),
+        })
+        .await
+        .expect("user");
+    let created = store
+        .create_runner(
+            user.id,
+            NewRunner {
+                gitlab_url: env.sim.url.clone(),
+                gitlab_runner_id: 1,
+                token: SecretString::from(env.runner_token.clone()),
+                description: "it".into(),
+                tags: vec![],
+                run_untagged: true,
+                locked: false,
+                access_level: AccessLevel::NotProtected,
+                maximum_timeout: None,
+                paused: false,
+                backend: "local".into(),
+                backend_settings: serde_json::json!({}),
+                concurrency: 2,
+            },
+            5,
+        )
+        .await
+        .expect("runner");
+    let secret = created.webhook_secret.expose_secret().to_string();
+    assert!(!secret.starts_with(HOOK_SECRET_PREFIX));
+    (created.runner.id, secret)
+}
+
+/// `gsr serve` on `env` with the tests' secret key.
+fn serve(env: &Env) -> Serve {
+    Serve::new(env, "client-id", "client-secret").env("GSR_SECRET_KEY", key_b64())
+}
+
+/// Wait until the job is one of `statuses` in the simulator (hang guard only).
+async fn wait(env: &Env, server: &Server, id: u64, statuses: &[&str]) -> gsr_sim::JobView {
+    match env
+        .admin
+        .wait_for_status(id, statuses, Duration::from_secs(90))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "{e}\n--- trace ---\n{}\n--- serve ---\n{}",
+            env.trace(id).await,
+            server.stderr()
+        ),
+    }
+}
+
+/// Wait for the process to exit (hang guard only).
+async fn exit_of(server: &mut Server) -> std::process::ExitStatus {
+    match tokio::time::timeout(Duration::from_secs(60), server.child.wait()).await {
+        Ok(s) => s.expect("wait"),
+        Err(_) => panic!("gsr serve did not exit: {}", server.stderr()),
+    }
+}
+
+/// A free local port (bound and released; good enough for one test's server).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---- config file -----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_config_file_precedence_and_errors() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new().await;
+    let file = env.dir.path().join("gsr.toml");
+    std::fs::write(
+        &file,
+        "public-url = \"http://from-file.example\"\n\
+         shutdown_timeout = 5\n\
+         replica = \"file-replica\"\n\
+         max_runners = 9\n\
+         gitlab_client_secret = \"file-secret\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // The harness sets GSR_REPLICA in the environment; the flag beats it, the environment
+    // beats the file (GSR_SHUTDOWN_TIMEOUT), the file beats the default (public URL).
+    let server = serve(&env)
+        .env("GSR_CONFIG", &file)
+        .env("GSR_SHUTDOWN_TIMEOUT", "11")
+        .args(["--replica", "flag-replica"])
+        .start()
+        .await;
+    let log = server.stderr();
+    let listening = log
+        .lines()
+        .find(|l| l.contains("gsr serve listening"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        listening.contains("public_url=http://from-file.example"),
+        "{listening}"
+    );
+    assert!(listening.contains("shutdown_timeout_s=11"), "{listening}");
+    assert!(listening.contains("replica=flag-replica"), "{listening}");
+    // The file holds the client secret and is world-readable: warned, without the value.
+    assert!(log.contains("readable by group or others"), "{log}");
+    assert!(!log.contains("file-secret"), "{log}");
+    // The public URL came from the file: no warning about a missing one.
+    assert!(
+        !log.contains("--public-url (GSR_PUBLIC_URL) is not set"),
+        "{log}"
+    );
+    assert!(server.stop().await.success());
+
+    // An unknown key: exit 2 with the file and the key named.
+    std::fs::write(&file, "max_runner = 3\n").unwrap();
+    let mut cmd = std::process::Command::new(crate::harness::gsr_bin());
+    cmd.args(["serve", "--gitlab-client-id", "x", "--config"])
+        .arg(&file)
+        .env_remove("GSR_CONFIG");
+    let out = output(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&file.display().to_string()) && stderr.contains("`max_runner`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_without_public_url_warns() {
+    let env = Env::new().await;
+    let server = serve(&env).start().await;
+    let log = server.stderr();
+    assert!(
+        log.contains("--public-url (GSR_PUBLIC_URL) is not set"),
+        "{log}"
+    );
+    assert!(server.stop().await.success());
+}
+
+// ---- shutdown --------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_drain_lets_a_short_job_finish() {
+    let env = Env::new().await;
+    let (_runner, _secret) = runner_in_store(&env).await;
+    let mut server = serve(&env)
+        .args(["--shutdown-timeout", "120"])
+        .start()
+        .await;
+    let id = env.enqueue(env.job(&["sleep 8", "echo drained-ok"])).await;
+    wait(&env, &server, id, &["running"]).await;
+    server.signal(Signal::SIGTERM);
+    // Draining: once the job request in flight (the simulator holds one for 1 s) is
+    // answered, nothing claims; a job queued now stays pending.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !server.stderr().contains("draining jobs") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = env.enqueue(env.job(&["true"])).await;
+    let status = exit_of(&mut server).await;
+    assert!(status.success(), "{status:?}: {}", server.stderr());
+    let view = wait(&env, &server, id, &["success", "failed", "canceled"]).await;
+    assert_eq!(view.status, "success", "{}", server.stderr());
+    assert!(env.trace(id).await.contains("drained-ok"));
+    assert_eq!(
+        env.view(later).await.status,
+        "pending",
+        "{}",
+        server.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_shutdown_timeout_aborts_a_long_job() {
+    let env = Env::new().await;
+    let (_runner, _secret) = runner_in_store(&env).await;
+    let mut server = serve(&env).args(["--shutdown-timeout", "1"]).start().await;
+    let id = env.enqueue(env.job(&["sleep 60"])).await;
+    wait(&env, &server, id, &["running"]).await;
+    server.signal(Signal::SIGTERM);
+    let status = exit_of(&mut server).await;
+    assert!(status.success(), "{status:?}: {}", server.stderr());
+    let view = wait(&env, &server, id, &["success", "failed", "canceled"]).await;
+    assert_eq!(view.status, "failed", "{}", server.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_second_signal_aborts_at_once() {
+    let env = Env::new().await;
+    let (_runner, _secret) = runner_in_store(&env).await;
+    let mut server = serve(&env)
+        .args(["--shutdown-timeout", "600"])
+        .start()
+        .await;
+    let id = env.enqueue(env.job(&["sleep 120"])).await;
+    wait(&env, &server, id, &["running"]).await;
+    server.signal(Signal::SIGTERM);
+    // The first signal drains: the job keeps running.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.view(id).await.status, "running", "{}", server.stderr());
+    server.signal(Signal::SIGINT);
+    let status = exit_of(&mut server).await;
+    assert!(status.success(), "{status:?}: {}", server.stderr());
+    let view = wait(&env, &server, id, &["success", "failed", "canceled"]).await;
+    assert_eq!(view.status, "failed", "{}", server.stderr());
+    assert!(
+        server.stderr().contains("second signal"),
+        "{}",
+        server.stderr()
+    );
+}
+
+// ---- a person's path over HTTP ---------------------------------------------------------
+
+/// A browser over real HTTP: a cookie jar, no redirect following, and every body kept for
+/// the secret scan.
+struct Browser {
+    base: String,
+    http: reqwest::Client,
+    cookies: Vec<(String, String)>,
+    csrf: String,
+    bodies: Vec<String>,
+}
+
+struct Resp {
+    status: u16,
+    location: String,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+impl Browser {
+    fn new(base: &str) -> Browser {
+        Browser {
+            base: base.to_string(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: Vec::new(),
+            csrf: String::new(),
+            bodies: Vec::new(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        method: reqwest::Method,
+        path_or_url: &str,
+        json: Option<serde_json::Value>,
+    ) -> Resp {
+        let url = if path_or_url.starts_with("http") {
+            path_or_url.to_string()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        };
+        let mut req = self.http.request(method, url);
+        if !self.cookies.is_empty() {
+            let c: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            req = req.header("cookie", c.join("; "));
+        }
+        if let Some(body) = json {
+            req = req.header("x-csrf-token", &self.csrf).json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        for sc in resp.headers().get_all("set-cookie") {
+            let sc = sc.to_str().unwrap();
+            let (kv, _) = sc.split_once(';').unwrap_or((sc, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != k);
+            if !v.is_empty() && !sc.contains("Max-Age=0") {
+                self.cookies.push((k.to_string(), v.to_string()));
+            }
+        }
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = resp.text().await.unwrap_or_default();
+        self.bodies.push(body.clone());
+        Resp {
+            status,
+            location,
+            body,
+        }
+    }
+
+    async fn get(&mut self, path_or_url: &str) -> Resp {
+        self.send(reqwest::Method::GET, path_or_url, None).await
+    }
+
+    async fn post_json(&mut self, path: &str, body: serde_json::Value) -> Resp {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_a_persons_path_login_create_runner_run_a_job() {
+    let env = Env::new().await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let carol = env
+        .admin
+        .create_user("carol", Some("carol-pw"))
+        .await
+        .unwrap();
+    env.admin
+        .add_member(env.project_id, carol.id, 40)
+        .await
+        .unwrap();
+    let (client_id, client_secret) = env
+        .admin
+        .create_oauth_app(
+            "gsr",
+            &format!("{public}/auth/callback"),
+            &["api", "read_user"],
+            true,
+        )
+        .await
+        .unwrap();
+    let server = Serve::new(&env, &client_id, &client_secret)
+        .env("GSR_SECRET_KEY", key_b64())
+        .listen(&format!("127.0.0.1:{port}"))
+        .args(["--public-url", &public])
+        .start()
+        .await;
+    assert_eq!(server.base, public);
+    let mut b = Browser::new(&public);
+
+    // Login: app → GitLab's authorize page → sign-in form → app callback.
+    let start = b.get("/auth/login").await;
+    assert_eq!(start.status, 303, "{}", start.body);
+    let authorize = reqwest::Url::parse(&start.location).unwrap();
+    assert!(
+        start
+            .location
+            .starts_with(&format!("{}/oauth/authorize?", env.sim.url)),
+        "{}",
+        start.location
+    );
+    let query: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    let sim = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = sim.get(authorize.clone()).send().await.unwrap();
+    assert!(page.status().is_success());
+    let mut form = query.clone();
+    form.push(("username".into(), "carol".into()));
+    form.push(("password".into(), "carol-pw".into()));
+    let back = sim
+        .post(format!("{}/oauth/authorize", env.sim.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert!(back.status().is_redirection(), "{}", back.status());
+    let callback = back.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        callback.starts_with(&format!("{public}/auth/callback?")),
+        "{callback}"
+    );
+    let done = b.get(&callback).await;
+    assert_eq!(
+        (done.status, done.location.as_str()),
+        (303, "/runners"),
+        "{}",
+        server.stderr()
+    );
+    let me = b.get("/api/v1/me").await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.json()["username"], "carol");
+    b.csrf = me.json()["csrf_token"].as_str().unwrap().to_string();
+    let user_id: UserId = me.json()["id"].as_str().unwrap().parse().unwrap();
+
+    // A runner for the project; its webhook URL is under the public URL.
+    let created = b
+        .post_json(
+            "/api/v1/runners",
+            serde_json::json!({ "project_id": env.project_id, "description": "e2e" }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}\n{}", created.body, server.stderr());
+    let created = created.json();
+    let runner_id = created["runner"]["id"].as_str().unwrap().to_string();
+    let hook_url = created["runner"]["webhook_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hook_secret = created["webhook_secret"].as_str().unwrap().to_string();
+    assert_eq!(hook_url, format!("{public}/hooks/{runner_id}"));
+    assert!(hook_secret.len() >= 16, "{hook_secret}");
+    let creation_body_index = b.bodies.len() - 1;
+
+    // GitLab's Job Hook → the runner claims and runs the job.
+    env.admin
+        .add_hook(env.project_id, &hook_url, Some(&hook_secret))
+        .await
+        .unwrap();
+    let id = env.enqueue(env.job(&["echo hello-from-serve"])).await;
+    let view = match env
+        .admin
+        .wait_for_status(
+            id,
+            &["success", "failed", "canceled"],
+            Duration::from_secs(90),
+        )
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => panic!("{e}\n{}", server.stderr()),
+    };
+    assert_eq!(
+        view.status,
+        "success",
+        "{}\n{}",
+        env.trace(id).await,
+        server.stderr()
+    );
+    let deliveries = env.admin.deliveries().await.unwrap();
+    assert!(
+        deliveries
+            .iter()
+            .any(|d| d.job_id == id && d.status == Some(202)),
+        "{deliveries:#?}"
+    );
+
+    // The job history shows it with its durations (recorded when the job ended).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let jobs = b.get(&format!("/api/v1/runners/{runner_id}/jobs")).await;
+        assert_eq!(jobs.status, 200, "{}", jobs.body);
+        let found = jobs
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["gitlab_job_id"] == id)
+            .cloned();
+        if let Some(j) = found.filter(|j| j["status"] == "success") {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}\n{}",
+            jobs.body,
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(job["pickup_seconds"].as_f64().is_some(), "{job}");
+    assert!(job["run_seconds"].as_f64().is_some(), "{job}");
+    assert!(job["finished_at"].as_str().is_some(), "{job}");
+
+    // The pages and the API show the runner without secrets.
+    assert_eq!(b.get("/runners").await.status, 200);
+    assert_eq!(b.get(&format!("/runners/{runner_id}")).await.status, 200);
+    assert_eq!(
+        b.get(&format!("/api/v1/runners/{runner_id}")).await.status,
+        200
+    );
+    assert_eq!(b.get("/api/v1/runners").await.status, 200);
+
+    // Metrics: the finished job and the accepted delivery.
+    let metrics = b.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = &metrics.body;
+    assert!(
+        text.contains("gsr_jobs_finished_total{status=\"success\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("gsr_jobs_claimed_total 1"), "{text}");
+    assert!(
+        text.contains("gsr_webhook_deliveries_total{result=\"accepted\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE gsr_claim_latency_seconds histogram"),
+        "{text}"
+    );
+    assert!(text.contains("gsr_build_info{version="), "{text}");
+
+    let log = server.log.clone();
+    assert!(server.stop().await.success());
+
+    // Secrets: the runner token GitLab issued, the OAuth tokens and the webhook secret
+    // appear in no body (the secret in its creation response only) and not in the log.
+    let store = SqliteStore::open(&env.dir.path().join("gsr-data"), SecretBox::from_key(KEY))
+        .await
+        .unwrap();
+    let runner_token = store
+        .runner_token(runner_id.parse::<RunnerId>().unwrap())
+        .await
+        .unwrap()
+        .expose_secret()
+        .to_string();
+    assert!(runner_token.starts_with("glrt-"));
+    let oauth = store
+        .oauth_tokens(user_id)
+        .await
+        .unwrap()
+        .expect("oauth tokens stored");
+    let mut secrets = vec![
+        ("runner token", runner_token),
+        (
+            "OAuth access token",
+            oauth.access_token.expose_secret().to_string(),
+        ),
+        ("OAuth client secret", client_secret.clone()),
+    ];
+    if let Some(r) = &oauth.refresh_token {
+        secrets.push(("OAuth refresh token", r.expose_secret().to_string()));
+    }
+    let log = std::fs::read_to_string(log).unwrap();
+    for (i, body) in b.bodies.iter().enumerate() {
+        for (what, value) in &secrets {
+            assert!(
+                !body.contains(value.as_str()),
+                "{what} in response {i}: {body}"
+            );
+        }
+        if i != creation_body_index {
+            assert!(
+                !body.contains(&hook_secret),
+                "webhook secret in response {i}: {body}"
+            );
+        }
+    }
+    for (what, value) in secrets
+        .iter()
+        .chain([&("webhook secret", hook_secret.clone())])
+    {
+        assert!(
+            !log.contains(value.as_str()),
+            "{what} in serve's log:\n{log}"
+        );
+    }
 }
