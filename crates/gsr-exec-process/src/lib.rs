@@ -32,6 +32,25 @@
 //!   project dir as working directory. Without bash, `sh <script>` runs a variant in which
 //!   pipefail is enabled only if the shell supports it ([`sh_script`]).
 //!
+//! - **A runner that dies.** All of the above is done by a *running* runner. One killed
+//!   without a chance to clean up (SIGKILL, the OOM killer) leaves its steps running,
+//!   reparented to init: nothing ties their life to the runner's (`PR_SET_PDEATHSIG` would
+//!   reach only the shell, not its children, and fires when the spawning *thread* exits;
+//!   bash defers traps while a foreground command runs). The command running at the crash
+//!   would go on unseen while GitLab already shows the job failed, possibly in a builds dir
+//!   a new job is given. So, like containers labelled with the runner that owns them, each
+//!   job is written down in a step registry ([`ProcessExecutor::with_step_registry`]):
+//!   its script dir, its running step's process group (leader PID *and* start time), and
+//!   the owning runner (PID and start time). At start-up
+//!   [`ProcessExecutor::reap_stale`] kills the recorded groups of runners that are gone
+//!   (and what descends from them), removes their script dirs and deletes their records;
+//!   records of live runners sharing the dir are left alone.
+//!   Not covered: a host or container that is gone took its processes with it (only its
+//!   files can be cleaned up; those of a container restarted in a new PID namespace are
+//!   left); processes that left the group (`setsid`, double-fork) are found only as
+//!   `/proc` descendants of the group while their parent lives; a crash in the
+//!   microseconds between spawning a shell and recording it. Details in `registry.rs`.
+//!
 //! Zombies: processes orphaned by a killed step are reparented to PID 1 (or the nearest
 //! subreaper) and must be reaped there. Run the runner under a real init (`tini`, systemd,
 //! `docker run --init`) when it is itself PID 1 of a container.
@@ -42,22 +61,27 @@
 //! - `session.rs`: [`ProcessSession`] — writing the script, spawning the shell, streaming
 //!   output, the timeout/cancel race, `cleanup`.
 //! - `tree.rs`: finding a step's processes in `/proc`, and stopping then killing them.
+//! - `registry.rs`: the step registry — recording running steps on disk, and reaping
+//!   those of runners that died ([`ReapReport`]).
 //! - `env.rs`: the step's environment ([`DEFAULT_PATH`] when the runner has no `PATH`).
 //! - `shell.rs`: [`Shell`] — which shell, its arguments, its script dialect.
 #![warn(missing_docs)]
 
 mod env;
+mod registry;
 mod session;
 mod shell;
 mod tree;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gsr_exec::{Capabilities, Executor, ExecutorError, PrepareRequest, Session};
 
 pub use env::DEFAULT_PATH;
+pub use registry::{ReapReport, GARBAGE_GRACE, STEP_REGISTRY_DIR};
 pub use session::{ProcessSession, READ_CHUNK};
 pub use shell::{find_in_path, sh_script, Shell, ShellKind, SH_PIPEFAIL};
 
@@ -70,6 +94,7 @@ pub struct ProcessExecutor {
     shell: Shell,
     base_env: env::BaseEnv,
     tracking: Option<Duration>,
+    registry: Option<Arc<registry::Registry>>,
 }
 
 impl ProcessExecutor {
@@ -100,6 +125,40 @@ impl ProcessExecutor {
             shell,
             base_env: env::BaseEnv::from_runner(),
             tracking: Some(DEFAULT_TRACKING_INTERVAL),
+            registry: None,
+        }
+    }
+
+    /// Record every job's running step and script dir in `dir` (made on first use, mode
+    /// 0700), so that [`reap_stale`](Self::reap_stale) in a later runner can kill what this
+    /// one leaves running if it dies without cleaning up. The `gsr` binary uses
+    /// `<builds dir>/`[`STEP_REGISTRY_DIR`]. Runners sharing the dir on one host judge
+    /// only the records of owners that are gone. See the `registry` section of the crate
+    /// docs.
+    pub fn with_step_registry(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.registry = Some(Arc::new(registry::Registry::new(dir.into())));
+        self
+    }
+
+    /// The step registry dir, if any.
+    pub fn step_registry(&self) -> Option<&Path> {
+        self.registry.as_deref().map(registry::Registry::dir)
+    }
+
+    /// Kill the steps of runners that died without cleaning up, and remove their script
+    /// dirs: for every record in the step registry whose owner process is gone (its PID
+    /// missing or held by a process with another start time), the recorded process group,
+    /// if it is still the one started, is killed with everything descending from it, then
+    /// the script dir and the record are removed. Records of live owners (this process,
+    /// another runner sharing the dir) and of other hosts or PID namespaces are left
+    /// alone; unreadable files are removed once older than [`GARBAGE_GRACE`].
+    ///
+    /// Call it once at start-up, before taking jobs. Idempotent; never fails (problems
+    /// are logged). Without a registry it does nothing.
+    pub async fn reap_stale(&self) -> ReapReport {
+        match &self.registry {
+            Some(registry) => registry.reap().await,
+            None => ReapReport::default(),
         }
     }
 
@@ -135,7 +194,12 @@ impl ProcessExecutor {
                 context: "creating the step scripts dir".into(),
                 source,
             })?;
+        let record = self
+            .registry
+            .as_ref()
+            .and_then(|registry| registry.register(scripts.path()));
         Ok(ProcessSession {
+            record,
             shell: self.shell.clone(),
             base_env: self.base_env.clone(),
             tracking: self.tracking,

@@ -15,6 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
 use crate::env::{step_env, BaseEnv};
+use crate::registry::Record;
 use crate::shell::Shell;
 use crate::tree;
 
@@ -40,6 +41,9 @@ pub struct ProcessSession {
     pub(crate) scripts: Option<tempfile::TempDir>,
     pub(crate) scripts_path: PathBuf,
     pub(crate) next_script: u64,
+    /// This job's entry in the step registry, if the executor has one; deleted when
+    /// dropped.
+    pub(crate) record: Option<Record>,
 }
 
 impl ProcessSession {
@@ -144,6 +148,11 @@ impl ProcessSession {
             .expect("a child that was never waited for has a pid");
         let mut guard = GroupGuard(Some(pgid));
         tracing::debug!(stage = %step.stage, pgid, "step started");
+        if let Some(record) = &self.record {
+            // Before anything else can go wrong: a runner that dies from here on leaves a
+            // note for the next one to kill this group.
+            record.step_started(pgid).await;
+        }
 
         let tracker = self.tracking.map(|every| tree::Tracker::start(pgid, every));
 
@@ -186,7 +195,10 @@ impl ProcessSession {
             Some(tracker) => tracker.stop().await,
             None => HashSet::new(),
         };
-        tree::kill_step(pgid, tracked).await;
+        let all_dead = tree::kill_step(pgid, tracked).await;
+        if let (Some(record), true) = (&self.record, all_dead) {
+            record.step_ended().await;
+        }
         let outcome = match end {
             End::Exited(status) => Ok(StepOutcome::Exited(exit_code(status))),
             End::WaitFailed(e) => Err(io("waiting for the shell")(e)),
@@ -278,6 +290,9 @@ impl Session for ProcessSession {
     }
 
     async fn cleanup(&mut self) -> Result<(), ExecutorError> {
+        // The record goes once the script dir is gone (or could not be removed: this
+        // process lives on, nothing else would remove it later either).
+        let _record = self.record.take();
         let Some(dir) = self.scripts.take() else {
             return Ok(());
         };

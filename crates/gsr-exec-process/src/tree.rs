@@ -42,6 +42,8 @@ pub(crate) struct ProcInfo {
     pub(crate) id: ProcId,
     pub(crate) ppid: i32,
     pub(crate) pgrp: i32,
+    /// The session id (field 6).
+    pub(crate) session: i32,
     /// Zombie (`Z`) or dead (`X`): exited, waiting to be reaped.
     pub(crate) exited: bool,
 }
@@ -62,6 +64,7 @@ pub(crate) fn parse_stat(line: &str) -> Option<ProcInfo> {
         },
         ppid: rest.get(1)?.parse().ok()?,
         pgrp: rest.get(2)?.parse().ok()?,
+        session: rest.get(3)?.parse().ok()?,
         exited: matches!(*state, "Z" | "X" | "x"),
     })
 }
@@ -268,6 +271,7 @@ mod tests {
             },
             ppid,
             pgrp,
+            session: 1,
             exited,
         }
     }
@@ -285,6 +289,7 @@ mod tests {
         );
         assert_eq!(info.ppid, 4000);
         assert_eq!(info.pgrp, 4242);
+        assert_eq!(info.session, 4242);
         assert!(!info.exited);
         let zombie = line.replace(")) S ", ")) Z ");
         assert!(parse_stat(&zombie).unwrap().exited);

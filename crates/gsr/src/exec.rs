@@ -26,7 +26,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     } else {
         std::fs::read(&args.job).with_context(|| format!("reading the job payload {}", args.job))?
     };
-    let executor = wiring::build_executor(&args.executor)?;
+    let executor = wiring::build_executor(&args.executor).await?;
     let info = wiring::runner_info(executor.as_ref());
 
     let parsed = gsr_gitlab::parse_job(&payload);

@@ -88,7 +88,7 @@ pub async fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
     }
     let mut executor_args = args.executor.clone();
     executor_args.builds_dir = lambda_builds_dir(&executor_args.builds_dir);
-    let executor = wiring::build_executor(&executor_args)?;
+    let executor = wiring::build_executor(&executor_args).await?;
     let info = wiring::runner_info(executor.as_ref());
     let system_id = function_system_id();
     let signals = wiring::signals()?;

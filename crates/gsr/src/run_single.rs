@@ -26,7 +26,7 @@ pub async fn run(args: RunSingleArgs) -> anyhow::Result<ExitCode> {
         .filter(|t| !t.trim().is_empty())
         .context("a runner token is required: --token, RUNNER_TOKEN or CI_SERVER_TOKEN")?;
     let token = SecretString::from(token.trim().to_string());
-    let executor = wiring::build_executor(&args.executor)?;
+    let executor = wiring::build_executor(&args.executor).await?;
     let info = wiring::runner_info(executor.as_ref());
     let coordinator = Coordinator::new(&args.url, &info)?;
     let builds_dir = wiring::builds_dir(&args.executor.builds_dir)?;

@@ -58,7 +58,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(data_dir, args.database_url.as_deref()).await?;
     let cookie_key = cookie_key(data_dir)?;
 
-    let executor = wiring::build_executor(&args.executor)?;
+    let executor = wiring::build_executor(&args.executor).await?;
     let builds_dir = wiring::builds_dir(&args.executor.builds_dir)?;
     let system_id =
         gsr_gitlab::system_id::for_this_machine(Some(&builds_dir.join(".runner_system_id")));

@@ -34,7 +34,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .filter(|s| !s.is_empty())
         .map(SecretString::from);
-    let executor = wiring::build_executor(&args.executor)?;
+    let executor = wiring::build_executor(&args.executor).await?;
     let info = wiring::runner_info(executor.as_ref());
     let coordinator = Coordinator::new(&args.url, &info)?;
     let builds_dir = wiring::builds_dir(&args.executor.builds_dir)?;

@@ -37,10 +37,20 @@ pub fn init_logging(debug: bool) {
         .init();
 }
 
-/// The executor named by `--executor`.
-pub fn build_executor(args: &ExecutorArgs) -> anyhow::Result<Arc<dyn Executor>> {
+/// The executor named by `--executor`, ready to take jobs.
+///
+/// The shell executor records each job's running step under
+/// `<builds dir>/`[`gsr_exec_process::STEP_REGISTRY_DIR`], and before anything else kills
+/// what runners that died on this host without cleaning up (SIGKILL, OOM) left running
+/// there, and removes their step script dirs; see the `gsr-exec-process` crate docs.
+pub async fn build_executor(args: &ExecutorArgs) -> anyhow::Result<Arc<dyn Executor>> {
     match args.executor.as_str() {
-        "shell" | "local" => Ok(Arc::new(gsr_exec_process::ProcessExecutor::new())),
+        "shell" | "local" => {
+            let registry = builds_dir(&args.builds_dir)?.join(gsr_exec_process::STEP_REGISTRY_DIR);
+            let executor = gsr_exec_process::ProcessExecutor::new().with_step_registry(registry);
+            executor.reap_stale().await;
+            Ok(Arc::new(executor))
+        }
         other => bail!("unknown executor {other:?}; supported: shell"),
     }
 }

@@ -9,17 +9,16 @@
 //! instead of waiting for its timeout; the old job never runs again; a new job runs as
 //! usual.
 //!
-//! The step's processes are a separate question: the shell executor runs each step as its
-//! own process group and kills that group when the step ends, is cancelled or times out —
-//! all things a *running* runner does. A SIGKILLed runner does none of them, and nothing in
-//! the step's processes ties their life to the runner's (no parent-death signal, no cgroup
-//! or PID namespace), so they survive it, reparented to init: the command running at the
-//! crash goes on to its end (unseen, while GitLab already shows the job failed), and the
-//! shell dies of SIGPIPE only when it next writes to its output pipe, whose reader died
-//! with the runner. The test looks at the step's process group after the crash and after
-//! the restart and prints what survived (then kills it, so the test leaves nothing
-//! behind) rather than assert it away; see `survivors`.
+//! The step's processes: the shell executor runs each step as its own process group and
+//! kills that group when the step ends, is cancelled or times out — all things a *running*
+//! runner does. A SIGKILLed runner does none of them, and nothing ties the step's
+//! processes to the runner's life, so they survive the crash, reparented to init (the test
+//! checks that they do: otherwise it would prove nothing). What the crashed runner left is
+//! written down in the step registry under the builds dir, and the restarted server kills
+//! it at start-up, before it takes any job: the test asserts that the old step's shell and
+//! its `sleep` are gone and its script dir removed once the new server listens.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gsr_sim::VariableInput;
@@ -187,7 +186,24 @@ async fn serve_killed_mid_job_recovers_the_claim_as_lost_and_runs_new_jobs() {
     );
 
     first.kill9().await;
+    // Should an assertion fail before the restarted server reaps the step, the test must
+    // still not leave a `sleep 60` behind.
+    let _cleanup = KillGroupOnPanic(pgid);
     let after_crash = group_members(pgid);
+    let commands: Vec<&str> = after_crash.iter().map(|(_, c)| c.as_str()).collect();
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.contains("bash --noprofile --norc ") && c.contains("step_script"))
+            && commands.contains(&"sleep 60"),
+        "the step's shell and its sleep outlive the SIGKILLed server: {after_crash:?}"
+    );
+    let old_scripts = job_dirs(&tmp, old);
+    assert_eq!(
+        old_scripts.len(),
+        1,
+        "the old step's script dir: {old_scripts:?}"
+    );
 
     // The same replica again, on the same data dir.
     let second = Serve::new(&env, "client-id", "client-secret")
@@ -195,6 +211,27 @@ async fn serve_killed_mid_job_recovers_the_claim_as_lost_and_runs_new_jobs() {
         .log(env.dir.path().join("serve-2.log"))
         .start()
         .await;
+    // It reaped the old step before it started listening.
+    assert_eq!(
+        group_members(pgid),
+        Vec::new(),
+        "the old step's processes survive the restart (right after the crash: \
+         {after_crash:?})\n--- gsr serve ---\n{}",
+        second.stderr()
+    );
+    assert_eq!(
+        job_dirs(&tmp, old),
+        Vec::<String>::new(),
+        "the old step's script dir is removed\n--- gsr serve ---\n{}",
+        second.stderr()
+    );
+    assert!(
+        second
+            .stderr()
+            .contains("killed the step of a runner that is gone"),
+        "the reaping is logged: {}",
+        second.stderr()
+    );
     // Recovery reports to GitLab in the background, then records the job lost.
     let lost = wait_for(
         "recovery to record the job lost",
@@ -311,8 +348,6 @@ async fn serve_killed_mid_job_recovers_the_claim_as_lost_and_runs_new_jobs() {
     assert!(!trace.contains("restart-test-step-ended"), "{trace}");
     assert_eq!(env.view(old).await.runner_system_id, claimed_by);
 
-    survivors(pgid, &after_crash, &tmp);
-
     for log in [env.dir.path().join("serve-1.log"), second.log.clone()] {
         let text = std::fs::read_to_string(&log).expect("log");
         assert!(!text.contains(&job_token), "job token in {}", log.display());
@@ -321,27 +356,26 @@ async fn serve_killed_mid_job_recovers_the_claim_as_lost_and_runs_new_jobs() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Report the step processes that outlived the SIGKILLed server (`after_crash`) and are
-/// still there after the restart, and the step script dirs left in `tmp`, then kill the
-/// processes: the test must not leave a `sleep 60` behind. Survivors are a known gap, not
-/// hidden: nothing kills a dead runner's steps.
-fn survivors(pgid: i32, after_crash: &[(i32, String)], tmp: &std::path::Path) {
-    let still = group_members(pgid);
-    let left: Vec<String> = std::fs::read_dir(tmp)
+/// The step script dirs of job `job` in `tmp`.
+fn job_dirs(tmp: &Path, job: u64) -> Vec<String> {
+    let prefix = format!("gsr-job-{job}-");
+    std::fs::read_dir(tmp)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(&prefix))
                 .collect()
         })
-        .unwrap_or_default();
-    if after_crash.is_empty() && still.is_empty() && left.is_empty() {
-        return;
+        .unwrap_or_default()
+}
+
+/// Kills process group `.0` if the test panics while it holds this.
+struct KillGroupOnPanic(i32);
+
+impl Drop for KillGroupOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = killpg(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
     }
-    eprintln!(
-        "NOTE: the step's process group {pgid} outlived the SIGKILLed gsr serve \
-         (right after the kill: {after_crash:?}; after the restart and recovery: {still:?}); \
-         left in the servers' TMPDIR: {left:?}. Nothing ties a step's processes to the \
-         runner's life, and the restarted server does not know them. Killing them now."
-    );
-    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
 }
