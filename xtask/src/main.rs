@@ -1,29 +1,43 @@
 //! Developer commands, in Rust instead of shell scripts.
 //!
+//! `cargo xtask demo [JOB.json]`: the product end to end on one machine — the GitLab
+//! simulator as GitLab, the real `gsr serve` on its embedded defaults, and a newcomer's path
+//! through it over HTTP (sign in with GitLab, create a runner, set the project webhook, a CI
+//! job claimed and run through the control plane, its trace and history). See `demo`.
+//! `cargo xtask demo run-single [JOB.json]`: the same job run by `gsr run-single` alone.
+//!
+//! `cargo xtask bench-serve`: the control plane's benchmarks (idle cost of 1,000 runners,
+//! API latency under load, webhook → claim), release builds, loopback only. See `bench`.
+//!
 //! `cargo xtask test [ARGS]`: the whole test suite (`cargo test --workspace --locked`), after
 //! making sure the tools it drives are there: `cargo-lambda` (the Lambda Runtime API
 //! emulator the Lambda tests start) is installed from PyPI into `target/tools/venv` when it
 //! is not on `PATH`; a throw-away PostgreSQL is started for the store's tests
 //! (`crates/gsr-store/scripts/with-postgres.sh`) unless `GSR_TEST_DATABASE_URL` is given.
 //!
-//! `cargo xtask demo [JOB.json]`: start the GitLab simulator, push `examples/hello/repo`
-//! as a project, enqueue a job (default `examples/hello/job.json`), run the real
-//! `gsr run-single` against it, and print the job's trace as GitLab stores it.
+//! `drive` holds what the demo and the benchmarks share: the simulator set up as GitLab,
+//! `gsr serve` as a child process, and a browser-like client for serve.
+
+mod bench;
+mod demo;
+mod drive;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some("demo") => demo(args.next().map(PathBuf::from)),
-        Some("test") => test(args.collect()),
+        Some("demo") => demo::main(args.collect()),
+        Some("bench-serve") => bench::main(args.collect()),
+        Some("test") => test(args.collect()).map(|()| ExitCode::SUCCESS),
         _ => {
-            eprintln!("usage: cargo xtask demo [JOB.json] | cargo xtask test [CARGO TEST ARGS]");
-            std::process::exit(2);
+            eprintln!(
+                "usage: cargo xtask demo [run-single] [JOB.json] | cargo xtask bench-serve [--runners N] | cargo xtask test [CARGO TEST ARGS]"
+            );
+            Ok(ExitCode::from(2))
         }
     }
 }
@@ -92,98 +106,26 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo(job_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let root = workspace_root();
-    eprintln!("==> building gsr");
-    run(Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "gsr"])
-        .current_dir(&root))?;
-    let gsr = root.join("target/debug/gsr");
-    let job_file = job_file.unwrap_or_else(|| root.join("examples/hello/job.json"));
-    let job: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&job_file).with_context(|| format!("reading {}", job_file.display()))?,
-    )
-    .with_context(|| format!("parsing {}", job_file.display()))?;
-
-    let tmp = tempfile::tempdir()?;
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
-        let sim = gsr_sim::spawn(gsr_sim::SimConfig {
-            data_dir: tmp.path().join("sim"),
-            long_poll: Duration::from_secs(2),
-            ..gsr_sim::SimConfig::default()
-        })
-        .await?;
-        eprintln!("==> GitLab simulator on {}", sim.url);
-        let admin = sim.admin();
-        let project = admin.create_project("demo/hello").await?;
-
-        // A git repository from the example files, pushed over smart HTTP.
-        let repo = tmp.path().join("repo");
-        copy_dir(&root.join("examples/hello/repo"), &repo)?;
-        for args in [
-            &["init", "-q", "-b", "main"][..],
-            &["add", "-A"],
-            &["-c", "user.name=demo", "-c", "user.email=demo@example.com", "commit", "-q", "-m", "hello"],
-        ] {
-            run(Command::new("git").args(args).current_dir(&repo))?;
-        }
-        admin.push_repo(&project.path, &repo, "main").await?;
-        let (_, runner_token) = admin.create_runner(&[], true).await?;
-
-        let mut spec: gsr_sim::JobSpecInput = serde_json::from_value(job)?;
-        spec.project_id = project.id;
-        let (job_id, _) = admin.create_job(&spec).await?;
-        eprintln!("==> enqueued job {job_id} in {}; running gsr run-single", project.path);
-
-        let status = tokio::task::spawn_blocking({
-            let gsr = gsr.clone();
-            let url = sim.url.clone();
-            let builds = tmp.path().join("builds");
-            move || {
-                Command::new(gsr)
-                    .args(["run-single", "--url", &url, "--max-builds", "1", "--wait-timeout", "30"])
-                    .arg("--builds-dir")
-                    .arg(builds)
-                    .env("RUNNER_TOKEN", runner_token)
-                    .stdin(Stdio::null())
-                    .status()
-            }
-        })
-        .await??;
-        if !status.success() {
-            bail!("gsr run-single exited with {status}");
-        }
-        let view = admin.job(job_id).await?;
-        let trace = admin.trace(job_id).await?;
-        println!("==> trace of job {job_id} as GitLab stored it:\n");
-        println!("{}", String::from_utf8_lossy(&trace));
-        println!(
-            "==> job {job_id}: {} (failure reason: {}), {} artifact(s), trace {} bytes, checksum reported {}",
-            view.status.as_str(),
-            view.failure_reason.as_deref().unwrap_or("none"),
-            view.artifacts.len(),
-            view.trace_size,
-            view.reported_checksum.as_deref().unwrap_or("none"),
-        );
-        sim.shutdown().await;
-        if view.status.as_str() != "success" {
-            bail!("the demo job did not succeed");
-        }
-        Ok(())
-    })
-}
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &dest)?;
-        } else {
-            std::fs::copy(entry.path(), &dest)?;
-        }
+/// Builds `gsr` (debug, or release for benchmarks) and returns the binary's path; with
+/// `GSR_BIN` set, that binary is used as it is.
+fn build_gsr(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("GSR_BIN").filter(|b| !b.is_empty()) {
+        eprintln!("==> using GSR_BIN={}", PathBuf::from(&bin).display());
+        return Ok(PathBuf::from(bin));
     }
-    Ok(())
+    eprintln!(
+        "==> building gsr{}",
+        if release { " (release)" } else { "" }
+    );
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "gsr"])
+        .current_dir(root);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("gsr"))
 }
