@@ -13,7 +13,10 @@
 //! making sure the tools it drives are there: `cargo-lambda` (the Lambda Runtime API
 //! emulator the Lambda tests start) is installed from PyPI into `target/tools/venv` when it
 //! is not on `PATH`; a throw-away PostgreSQL is started for the store's tests
-//! (`crates/gsr-store/scripts/with-postgres.sh`) unless `GSR_TEST_DATABASE_URL` is given.
+//! (`crates/gsr-store/scripts/with-postgres.sh`) unless `GSR_TEST_DATABASE_URL` is given,
+//! and a Docker engine with the docker backend's offline test images is made sure of
+//! (`crates/gsr-backend-docker/scripts/with-dockerd.sh`: an answering daemon is used,
+//! otherwise a throw-away one is started) unless `GSR_TEST_SKIP_DOCKER=1`.
 //!
 //! `drive` holds what the demo and the benchmarks share: the simulator set up as GitLab,
 //! `gsr serve` as a child process, and a browser-like client for serve.
@@ -67,18 +70,23 @@ fn ensure_cargo_lambda(root: &Path) -> anyhow::Result<Option<PathBuf>> {
 fn test(args: Vec<String>) -> anyhow::Result<()> {
     let root = workspace_root();
     let extra_path = ensure_cargo_lambda(&root)?;
-    // The store's shared test suite also runs against a real PostgreSQL: unless one is
-    // given (GSR_TEST_DATABASE_URL) or explicitly skipped, start a throw-away server around
-    // the test run.
-    let with_pg = std::env::var_os("GSR_TEST_DATABASE_URL").is_none()
-        && std::env::var("GSR_TEST_SKIP_POSTGRES").as_deref() != Ok("1");
-    let mut cmd = if with_pg {
-        let mut c = Command::new(root.join("crates/gsr-store/scripts/with-postgres.sh"));
-        c.arg(env!("CARGO"));
-        c
-    } else {
-        Command::new(env!("CARGO"))
-    };
+    // Services some tests need, each started around the run by a wrapper script unless
+    // one is given or skipped: a Docker engine with the docker backend's test images
+    // (`with-dockerd.sh`; `GSR_TEST_SKIP_DOCKER=1` skips), and a throw-away PostgreSQL
+    // for the store's suite (`with-postgres.sh`; `GSR_TEST_DATABASE_URL` or
+    // `GSR_TEST_SKIP_POSTGRES=1`).
+    let mut chain: Vec<PathBuf> = Vec::new();
+    if std::env::var("GSR_TEST_SKIP_DOCKER").as_deref() != Ok("1") {
+        chain.push(root.join("crates/gsr-backend-docker/scripts/with-dockerd.sh"));
+    }
+    if std::env::var_os("GSR_TEST_DATABASE_URL").is_none()
+        && std::env::var("GSR_TEST_SKIP_POSTGRES").as_deref() != Ok("1")
+    {
+        chain.push(root.join("crates/gsr-store/scripts/with-postgres.sh"));
+    }
+    chain.push(PathBuf::from(env!("CARGO")));
+    let mut cmd = Command::new(&chain[0]);
+    cmd.args(&chain[1..]);
     cmd.args(["test", "--workspace", "--locked"])
         .args(&args)
         .current_dir(&root);

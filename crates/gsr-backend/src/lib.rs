@@ -51,6 +51,13 @@
 //!   calling it twice, or after `reap` already removed the job, is Ok.
 //! - **Concurrency:** `start` may be called concurrently for different jobs; a backend
 //!   that has a limit of its own says so in [`Capabilities::max_jobs`].
+//!
+//! # Conformance suite
+//!
+//! With the cargo feature `testkit`, `conformance` holds the scenarios every backend's
+//! tests run against a real `gsr` binary and an in-process `gsr-sim` (success, failure,
+//! cancel, timeout, abort, artifacts, crash + reap, secrets, image + services): a backend
+//! supplies a factory of instances and a `Leftovers` check; see that module's docs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,6 +65,9 @@ use std::time::Duration;
 use secrecy::SecretSlice;
 
 pub use tokio_util::sync::CancellationToken;
+
+#[cfg(feature = "testkit")]
+pub mod conformance;
 
 /// What a backend can honour, so the claimer routes jobs it cannot run elsewhere (or
 /// refuses them) instead of running them wrongly.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gsr_job::{
     ArtifactFormat, ArtifactRule, CacheRule, Dependency, GitSource, Hook, Image, JobSpec,
-    SecretString, Step, StepName, Variable, Variables, When,
+    RegistryCredential, SecretString, Step, StepName, Variable, Variables, When,
 };
 
 use crate::wire::{self, JobResponse};
@@ -205,6 +205,16 @@ fn to_spec(w: JobResponse) -> Result<JobSpec, PayloadError> {
             .collect(),
         image: w.image.filter(|i| !i.name.is_empty()).map(image),
         services: w.services.into_iter().map(image).collect(),
+        registry_credentials: w
+            .credentials
+            .into_iter()
+            .filter(|c| c.kind.eq_ignore_ascii_case("registry") && !c.url.is_empty())
+            .map(|c| RegistryCredential {
+                registry: c.url,
+                username: c.username,
+                password: SecretString::from(c.password),
+            })
+            .collect(),
         token_mask_prefixes: w.features.token_mask_prefixes,
         known_failure_reasons: w.features.failure_reasons,
         trace_sections: w.features.trace_sections,
@@ -222,6 +232,13 @@ fn image(i: wire::ImageWire) -> Image {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect(),
+        pull_policy: i
+            .pull_policy
+            .iter()
+            .map(|p| p.trim().to_ascii_lowercase())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        variables: i.variables.into_iter().map(|v| (v.key, v.value)).collect(),
     }
 }
 
@@ -265,6 +282,22 @@ mod tests {
             .contains(&"s3cr3t-Value_123".to_string()));
         assert!(j.known_failure_reasons.len() > 30);
         assert_eq!(j.services[0].aliases, vec!["db".to_string()]);
+        assert_eq!(
+            j.image.as_ref().expect("image").pull_policy,
+            ["if-not-present"]
+        );
+        assert_eq!(
+            j.services[0].variables,
+            [("POSTGRES_PASSWORD".to_string(), "postgres".to_string())]
+        );
+        let shown = format!("{:?}", j.services[0]);
+        assert!(shown.contains("POSTGRES_PASSWORD") && !shown.contains("\"postgres\""));
+        assert_eq!(j.registry_credentials.len(), 1);
+        assert_eq!(
+            j.registry_credentials[0].registry,
+            "registry.gitlab.example.com"
+        );
+        assert_eq!(j.registry_credentials[0].username, "gitlab-ci-token");
         assert_eq!(j.hooks.len(), 1);
         assert_eq!(j.hooks[0].name, "pre_get_sources_script");
         // Debug output never shows the token.

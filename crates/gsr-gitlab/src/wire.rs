@@ -63,6 +63,8 @@ pub struct JobResponse {
     #[serde(default, deserialize_with = "nd")]
     pub services: Vec<ImageWire>,
     #[serde(default, deserialize_with = "nd")]
+    pub credentials: Vec<CredentialWire>,
+    #[serde(default, deserialize_with = "nd")]
     pub artifacts: Vec<ArtifactWire>,
     #[serde(default, deserialize_with = "nd")]
     pub cache: Vec<CacheWire>,
@@ -165,6 +167,34 @@ pub struct ImageWire {
     pub command: Vec<String>,
     #[serde(default, deserialize_with = "nd")]
     pub alias: String,
+    #[serde(default, deserialize_with = "nd")]
+    pub pull_policy: Vec<String>,
+    #[serde(default, deserialize_with = "nd")]
+    pub variables: Vec<VariableWire>,
+}
+
+/// One entry of `credentials` (GitLab sends `type: registry` for image pulls).
+#[derive(Deserialize, Default)]
+pub struct CredentialWire {
+    #[serde(default, rename = "type", deserialize_with = "nd")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "nd")]
+    pub url: String,
+    #[serde(default, deserialize_with = "nd")]
+    pub username: String,
+    #[serde(default, deserialize_with = "nd")]
+    pub password: String,
+}
+
+impl std::fmt::Debug for CredentialWire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialWire")
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]

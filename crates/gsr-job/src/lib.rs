@@ -61,6 +61,8 @@ pub struct JobSpec {
     pub image: Option<Image>,
     /// Service containers, for backends that honour them.
     pub services: Vec<Image>,
+    /// Registry credentials for pulling `image`/`services` (backends that pull images).
+    pub registry_credentials: Vec<RegistryCredential>,
     /// Extra token prefixes GitLab asks the runner to mask.
     pub token_mask_prefixes: Vec<String>,
     /// Failure reasons the GitLab instance knows (empty = unknown, send the core set only).
@@ -264,7 +266,7 @@ pub struct CacheRule {
 }
 
 /// A container image or service.
-#[derive(Debug, Clone)]
+#[derive(Clone, Default)]
 pub struct Image {
     /// Image reference.
     pub name: String,
@@ -274,6 +276,38 @@ pub struct Image {
     pub command: Vec<String>,
     /// Aliases (services).
     pub aliases: Vec<String>,
+    /// `pull_policy:` as GitLab sent it, lower case, in order (`always`, `if-not-present`,
+    /// `never`); empty = the backend's default.
+    pub pull_policy: Vec<String>,
+    /// The service's own `variables:` (services only), in order. Their values are not
+    /// shown by `Debug`.
+    pub variables: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.variables.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Image")
+            .field("name", &self.name)
+            .field("entrypoint", &self.entrypoint)
+            .field("command", &self.command)
+            .field("aliases", &self.aliases)
+            .field("pull_policy", &self.pull_policy)
+            .field("variables", &keys)
+            .finish()
+    }
+}
+
+/// Credentials GitLab sends for pulling images (`credentials:` of type `registry`), e.g.
+/// the job token for the project's own container registry.
+#[derive(Debug, Clone)]
+pub struct RegistryCredential {
+    /// Registry host (and port), e.g. `registry.gitlab.example.com`.
+    pub registry: String,
+    /// User name (`gitlab-ci-token` for the job token).
+    pub username: String,
+    /// Password or token.
+    pub password: SecretString,
 }
 
 /// Why a job failed, in the runner's terms. [`FailureKind::gitlab_reason`] gives GitLab's spelling.

@@ -323,6 +323,11 @@ pub struct ExecArgs {
     /// Do not send `PUT state=running` first (the claimer already did).
     #[arg(long)]
     pub no_ack: bool,
+    /// The read end of a pipe whose write end the claimer holds: end of file on it (the
+    /// claimer died or aborted the job) aborts the job like SIGTERM. Set by the `local`
+    /// backend (`gsr-backend-local`), not meant for people.
+    #[arg(long, hide = true, value_name = "FD")]
+    pub lifeline_fd: Option<i32>,
 }
 
 /// `gsr register`.

@@ -62,7 +62,38 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = wiring::worker_config(&args.executor, spec.token.expose_secret(), &system_id)?;
     cfg.two_phase = !args.no_ack;
     let signals = wiring::signals()?;
+    if let Some(fd) = args.lifeline_fd {
+        watch_lifeline(fd, signals.abort.clone());
+    }
     let client = coordinator.job_client(spec.id, spec.token.clone());
     let report = gsr_worker::run_job(spec, client, executor, &cfg, signals.abort.clone()).await;
     Ok(ExitCode::from(wiring::exit_code(&report)))
+}
+
+/// Abort the job once the claimer's end of the lifeline pipe `fd` is closed.
+///
+/// Why a pipe and not `PR_SET_PDEATHSIG`: the parent-death signal fires when the spawning
+/// *thread* exits (tokio's blocking threads come and go), and is lost when the parent died
+/// before it was set. End of file on a pipe whose only writer is the claimer happens
+/// exactly when the claimer is gone (any death, SIGKILL included) or closes it on purpose.
+/// The fd is made close-on-exec first so the job's own processes do not inherit it.
+fn watch_lifeline(fd: i32, abort: gsr_exec::CancellationToken) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    if let Err(e) = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)) {
+        tracing::warn!(fd, error = %e, "the lifeline fd is not usable; aborting the job");
+        abort.cancel();
+        return;
+    }
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        loop {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        tracing::warn!("the claimer is gone (lifeline closed): aborting the job");
+        abort.cancel();
+    });
 }
