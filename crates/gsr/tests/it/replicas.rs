@@ -24,12 +24,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use gsr_sim::VariableInput;
-use gsr_store::{
-    AccessLevel, GitlabIdentity, JobStatus, NewRunner, PgStore, RunnerId, SecretBox, Store, UserId,
-};
-use secrecy::{ExposeSecret as _, SecretString};
+use gsr_store::{JobStatus, PgStore, SecretBox, Store};
+use secrecy::ExposeSecret as _;
 
-use crate::harness::{Env, Serve, Server};
+use crate::harness::{seed, Env, Serve, Server};
 
 /// The secret key both replicas (and the test) seal tokens with.
 const KEY: [u8; 32] = [0x5a; 32];
@@ -100,58 +98,6 @@ fn with_database(url: &str, name: &str) -> String {
     match query {
         Some(q) => format!("{server}/{name}?{q}"),
         None => format!("{server}/{name}"),
-    }
-}
-
-/// A user and a runner put into the store before `gsr serve` starts.
-pub struct Seeded {
-    pub owner: UserId,
-    pub runner: RunnerId,
-    /// In clear: the test configures the simulator's hooks with it.
-    pub webhook_secret: String,
-}
-
-/// Create a runner in the simulator, and a user owning it (with `concurrency`) in `store`.
-pub async fn seed(store: &dyn Store, env: &Env, concurrency: u32) -> Seeded {
-    let (gitlab_runner_id, token) = env
-        .admin
-        .create_runner(&[], true)
-        .await
-        .expect("sim runner");
-    let user = store
-        .upsert_user_from_gitlab(GitlabIdentity {
-            gitlab_user_id: 1,
-            username: "alice".into(),
-            name: "Alice".into(),
-        })
-        .await
-        .expect("user");
-    let created = store
-        .create_runner(
-            user.id,
-            NewRunner {
-                gitlab_url: env.sim.url.clone(),
-                gitlab_runner_id: i64::try_from(gitlab_runner_id).expect("runner id"),
-                token: SecretString::from(token),
-                description: "replicated".into(),
-                tags: vec![],
-                run_untagged: true,
-                locked: false,
-                access_level: AccessLevel::NotProtected,
-                maximum_timeout: None,
-                paused: false,
-                backend: "local".into(),
-                backend_settings: serde_json::json!({}),
-                concurrency,
-            },
-            5,
-        )
-        .await
-        .expect("runner");
-    Seeded {
-        owner: user.id,
-        runner: created.runner.id,
-        webhook_secret: created.webhook_secret.expose_secret().to_owned(),
     }
 }
 

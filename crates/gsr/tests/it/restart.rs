@@ -27,8 +27,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use secrecy::ExposeSecret as _;
 
-use crate::harness::{Env, Serve, Server};
-use crate::replicas::seed;
+use crate::harness::{seed, Env, Serve, Server};
 
 /// Poll `check` every 100 ms until it returns `Some`; panic with `what` and the server's
 /// log after `limit` (a hang guard, not a timing assertion).

@@ -10,13 +10,11 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use gsr_store::{
-    AccessLevel, GitlabIdentity, NewRunner, RunnerId, SecretBox, SqliteStore, Store, UserId,
-};
+use gsr_store::{RunnerId, SecretBox, SqliteStore, Store, UserId};
 use nix::sys::signal::Signal;
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::ExposeSecret as _;
 
-use crate::harness::{output, Env, Serve, Server};
+use crate::harness::{output, seed, Env, Serve, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serve_health_unknown_hook_and_graceful_stop() {
@@ -83,54 +81,21 @@ async fn serve_health_unknown_hook_and_graceful_stop() {
 
 /// The key the tests seal runner tokens with, passed to serve as `GSR_SECRET_KEY`.
 const KEY: [u8; 32] = [0x42; 32];
-/// A webhook secret the tests know (runners created in the store directly).
-const HOOK_SECRET_PREFIX: &str = "whs-known-";
 
 fn key_b64() -> String {
     base64::engine::general_purpose::STANDARD.encode(KEY)
 }
 
-/// A runner of `env`'s simulator runner token, created in serve's SQLite store before serve
-/// starts (no web login needed); returns its id and webhook secret.
+/// A runner created in serve's SQLite store before serve starts (no web login needed);
+/// returns its id and webhook secret.
 async fn runner_in_store(env: &Env) -> (RunnerId, String) {
     let data = env.dir.path().join("gsr-data");
     std::fs::create_dir_all(&data).unwrap();
     let store = SqliteStore::open(&data, SecretBox::from_key(KEY))
         .await
         .expect("store opens");
-    let user = store
-        .upsert_user_from_gitlab(GitlabIdentity {
-            gitlab_user_id: 7,
-            username: "op".into(),
-            name: "Op".into(),
-        })
-        .await
-        .expect("user");
-    let created = store
-        .create_runner(
-            user.id,
-            NewRunner {
-                gitlab_url: env.sim.url.clone(),
-                gitlab_runner_id: 1,
-                token: SecretString::from(env.runner_token.clone()),
-                description: "it".into(),
-                tags: vec![],
-                run_untagged: true,
-                locked: false,
-                access_level: AccessLevel::NotProtected,
-                maximum_timeout: None,
-                paused: false,
-                backend: "local".into(),
-                backend_settings: serde_json::json!({}),
-                concurrency: 2,
-            },
-            5,
-        )
-        .await
-        .expect("runner");
-    let secret = created.webhook_secret.expose_secret().to_string();
-    assert!(!secret.starts_with(HOOK_SECRET_PREFIX));
-    (created.runner.id, secret)
+    let seeded = seed(&store, env, 2).await;
+    (seeded.runner, seeded.webhook_secret)
 }
 
 /// `gsr serve` on `env` with the tests' secret key.
