@@ -28,6 +28,8 @@
 //! - Jobs are claimed the way the dispatcher does it: `POST /jobs/request` with the runner
 //!   token through [`gsr_gitlab::Coordinator::request_job`], and the raw payload is handed to
 //!   [`Backend::start`]. Jobs use `GIT_STRATEGY: none`, so a backend's image needs no git.
+//!   A backend with [`Capabilities::max_duration`](crate::Capabilities::max_duration) gets
+//!   jobs whose timeout is at most that limit (the claimer routes longer ones elsewhere).
 //!
 //! # Scenarios
 //!
@@ -194,6 +196,14 @@ impl Suite {
 
     /// Enqueue `spec`, claim it with the runner token, start it on `backend`.
     pub async fn launch(&self, backend: &dyn Backend, spec: JobSpecInput, mark: String) -> Started {
+        let mut spec = spec;
+        // A backend with a time limit (Lambda: 15 min) gets jobs that fit it, as the
+        // claimer's routing would give it (GitLab's default timeout is 1 h).
+        if let Some(max) = backend.capabilities().max_duration.map(|m| m.as_secs()) {
+            if spec.timeout.is_none_or(|t| t > max) {
+                spec.timeout = Some(max);
+            }
+        }
         let (id, _) = self.admin.create_job(&spec).await.expect("job enqueued");
         let info = RunnerInfo::new(backend.name(), "bash", Features::worker());
         let coordinator = Coordinator::new(&self.sim.url, &info).expect("coordinator");

@@ -8,17 +8,19 @@
 //!
 //! The worker holds only the job token (a [`gsr_gitlab::JobClient`]); the runner token
 //! never reaches it. Failures of the runner's own machinery become a failed job with a
-//! readable trace line, never a crash: every stage returns an [`Outcome`].
+//! readable trace line, never a crash: every stage returns an [`Outcome`](gsr_job::Outcome).
 //!
 //! Layout:
 //! - [`env`]: directories and the job's environment.
 //! - [`log`]: the runner's own trace lines and sections.
 //! - [`uploader`]: trace pump, keep-alive, cancel signals, final update.
 //! - [`job`]: the stage sequence.
+//! - [`place`]: where a claimed job runs (in this process or on a backend) and routing.
 
 pub mod env;
 pub mod job;
 pub mod log;
+pub mod place;
 pub mod uploader;
 
 use std::path::PathBuf;

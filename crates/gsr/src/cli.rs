@@ -270,7 +270,10 @@ pub struct WebhookArgs {
 /// Settings every job-running command shares.
 #[derive(Debug, Args, Clone)]
 pub struct ExecutorArgs {
-    /// Executor: `shell` (local processes).
+    /// Executor: `shell` (bash processes of this process, the default). `gsr run-single`
+    /// also takes the backends `local` (a child `gsr exec` per job in a fresh dir, scrubbed
+    /// environment, optional `--sandbox bwrap`), `docker` (the job's `image:` and
+    /// `services:`) and `kubernetes` (one Pod per job).
     #[arg(long, env = "RUNNER_EXECUTOR", default_value = "shell")]
     pub executor: String,
     /// Where jobs are checked out.
@@ -307,6 +310,60 @@ pub struct RunSingleArgs {
     /// Seconds between job requests when GitLab does not long-poll.
     #[arg(long, env = "CHECK_INTERVAL", default_value_t = 3.0)]
     pub check_interval: f64,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Settings of the backends `gsr run-single --executor local|docker|kubernetes` places
+/// jobs on (names and environment variables like gitlab-runner's where it has them).
+#[derive(Debug, Args, Clone, Default)]
+pub struct BackendArgs {
+    /// Where jobs go that the executor cannot run (a timeout above its limit): `shell`,
+    /// `local`, `docker` or `kubernetes`.
+    #[arg(long, env = "RUNNER_FALLBACK_EXECUTOR")]
+    pub fallback_executor: Option<String>,
+    /// Longest job timeout (seconds) the executor's backend takes; jobs with a longer
+    /// timeout go to `--fallback-executor` (or are failed without one). Backends only.
+    #[arg(long, env = "RUNNER_EXECUTOR_MAX_DURATION")]
+    pub executor_max_duration: Option<u64>,
+    /// `local` backend: `none` or `bwrap` (bubblewrap: own mount, PID, IPC and UTS
+    /// namespaces, read-only system, writable job dir).
+    #[arg(long, env = "RUNNER_SANDBOX", default_value = "none")]
+    pub sandbox: String,
+    /// `docker`: the daemon's socket (`unix:///var/run/docker.sock` when unset; the
+    /// DOCKER_HOST variable is not read, so the environment does not pick a daemon).
+    #[arg(long)]
+    pub docker_host: Option<String>,
+    /// `docker`: image of jobs without `image:`.
+    #[arg(long, env = "DOCKER_IMAGE")]
+    pub docker_image: Option<String>,
+    /// `docker`: pull policy of jobs that name none (`always`, `if-not-present`, `never`).
+    #[arg(long, env = "DOCKER_PULL_POLICY")]
+    pub docker_pull_policy: Option<String>,
+    /// `docker`: run job containers privileged (root on the daemon's host; opt-in).
+    #[arg(long, env = "DOCKER_PRIVILEGED", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub docker_privileged: bool,
+    /// `docker`: memory limit of each container (`512m`, `2g`, bytes).
+    #[arg(long, env = "DOCKER_MEMORY")]
+    pub docker_memory: Option<String>,
+    /// `docker`: CPU limit of each container (`1.5`).
+    #[arg(long, env = "DOCKER_CPUS")]
+    pub docker_cpus: Option<f64>,
+    /// `docker`: the `gsr` binary bind-mounted into job containers (default: this one).
+    #[arg(long, env = "DOCKER_GSR_BINARY")]
+    pub docker_gsr_binary: Option<PathBuf>,
+    /// `kubernetes`: namespace of the job Pods.
+    #[arg(long, env = "KUBERNETES_NAMESPACE", default_value = "default")]
+    pub kubernetes_namespace: String,
+    /// `kubernetes`: image of jobs without `image:`.
+    #[arg(long, env = "KUBERNETES_IMAGE")]
+    pub kubernetes_image: Option<String>,
+    /// `kubernetes`: image holding the `gsr` binary the init container copies (required).
+    #[arg(long, env = "KUBERNETES_GSR_IMAGE")]
+    pub kubernetes_gsr_image: Option<String>,
+    /// `kubernetes`: service account of the job Pods.
+    #[arg(long, env = "KUBERNETES_SERVICE_ACCOUNT")]
+    pub kubernetes_service_account: Option<String>,
 }
 
 /// `gsr exec`.

@@ -4,6 +4,11 @@
 //! long-poll), run what was assigned, stop after `--max-builds` jobs or after
 //! `--wait-timeout` seconds without one. An assigned job whose payload cannot be run is
 //! failed in GitLab with the reason in its trace; the loop goes on.
+//!
+//! Where a job runs is `--executor` ([`wiring::build_placement`]): `shell` in this process
+//! (the default, as before), or a backend (`local`, `docker`, `kubernetes`) through
+//! `gsr_worker::place`, which also routes jobs a backend cannot run to
+//! `--fallback-executor`. Backends are validated and reaped once before the first request.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,8 +31,12 @@ pub async fn run(args: RunSingleArgs) -> anyhow::Result<ExitCode> {
         .filter(|t| !t.trim().is_empty())
         .context("a runner token is required: --token, RUNNER_TOKEN or CI_SERVER_TOKEN")?;
     let token = SecretString::from(token.trim().to_string());
-    let executor = wiring::build_executor(&args.executor).await?;
-    let info = wiring::runner_info(executor.as_ref());
+    let placement = wiring::build_placement(&args.executor, &args.backend, &args.url).await?;
+    placement
+        .prepare()
+        .await
+        .context("the executor's backend is not usable")?;
+    let info = wiring::placement_runner_info(&placement);
     let coordinator = Coordinator::new(&args.url, &info)?;
     let builds_dir = wiring::builds_dir(&args.executor.builds_dir)?;
     let system_id =
@@ -43,7 +52,8 @@ pub async fn run(args: RunSingleArgs) -> anyhow::Result<ExitCode> {
 
     tracing::info!(
         url = %coordinator.api_url(),
-        executor = executor.name(),
+        executor = %placement.primary.describe(),
+        fallback = ?placement.fallback.as_ref().map(|f| f.describe()),
         %system_id,
         max_builds = args.max_builds,
         wait_timeout = args.wait_timeout,
@@ -79,13 +89,13 @@ pub async fn run(args: RunSingleArgs) -> anyhow::Result<ExitCode> {
         match outcome {
             Ok(JobRequest::Job(claimed)) => {
                 failures = 0;
-                let spec = claimed.spec;
+                let spec = &claimed.spec;
                 tracing::info!(job = spec.id, project = %spec.project_full_path, "job received");
                 let client = coordinator.job_client(spec.id, spec.token.clone());
-                let report = gsr_worker::run_job(
-                    spec,
+                let report = gsr_worker::place::run_claimed(
+                    *claimed,
                     client,
-                    executor.clone(),
+                    &placement,
                     &cfg,
                     signals.abort.clone(),
                 )

@@ -3,4 +3,5 @@
 //! `gsr-sim`. One module per backend.
 
 mod docker;
+mod lambda;
 mod local;

@@ -6,6 +6,7 @@ mod harness;
 mod jobs;
 mod lambda;
 mod lifecycle;
+mod placement;
 mod protocol;
 mod replicas;
 mod restart;
