@@ -25,9 +25,12 @@
 //! `BENCHMARKS.md`; nothing is asserted. `GSR_BIN=path` benchmarks that `gsr` binary instead
 //! of building one; serve's log is kept in `target/tmp/bench-serve.log`.
 //!
-//! The simulator's defaults suit 1,000 runners: its long poll (50 s) outlives serve's
-//! reconcile window (30 s), so each runner holds one request open and re-asks every
-//! 30 s; per-runner `watch` channels mean an enqueued job wakes only the runners that can
+//! The simulator's defaults suit 1,000 runners: its long poll (50 s, like Workhorse's) is
+//! shorter than serve's reconcile window (60 s), so each runner holds one request open,
+//! the simulator ends it with a 204 after 50 s and the runner asks again at once on the
+//! same connection (each runner's *first* long poll is cut at a random 15–60 s to spread
+//! the runners, hence the default 60 s settle before sampling: the steady state is
+//! measured); per-runner `watch` channels mean an enqueued job wakes only the runners that can
 //! take it. No `SimConfig` change was needed.
 
 use std::path::{Path, PathBuf};
@@ -83,7 +86,7 @@ impl Opts {
         let mut o = Opts {
             runners: 1000,
             per_user: 10,
-            settle: Duration::from_secs(10),
+            settle: Duration::from_secs(60),
             idle: Duration::from_secs(60),
             rate: 500,
             load: Duration::from_secs(20),
@@ -179,7 +182,7 @@ async fn bench(root: &Path, gsr: &Path, o: &Opts) -> anyhow::Result<()> {
     // ---- the runners, straight into the store ------------------------------------------
     let setup = Instant::now();
     let store = open_store(&data_dir).await?;
-    let users = o.runners.div_ceil(o.per_user);
+    let users = o.runners.div_ceil(o.per_user).max(1);
     let mut owners = Vec::with_capacity(users);
     for u in 0..users {
         let name = format!("bench-{u:03}");
@@ -328,6 +331,26 @@ async fn measure(
         o.settle.as_secs()
     );
     tokio::time::sleep(o.settle).await;
+    if o.runs(Part::Idle) {
+        rows.extend(idle(sim_ids.len(), pid, tck, o).await?);
+    }
+    rows.push(format!(
+        "| serve start → all {n} runners long-polling | {s:.1} s | decrypting {n} tokens and one `jobs/request` each, started together |",
+        n = o.runners,
+        s = to_polling.as_secs_f64()
+    ));
+    if o.runs(Part::Api) {
+        rows.push(api(serve, pid, tck, o).await?);
+    }
+    if o.runs(Part::Hooks) {
+        rows.extend(hooks(gitlab, serve, data_dir, project_id, o).await?);
+    }
+    Ok(rows)
+}
+
+/// Measurement 1: serve's memory, open fds and CPU while every runner idles.
+async fn idle(runners: usize, pid: u32, tck: u64, o: &Opts) -> anyhow::Result<Vec<String>> {
+    let mut rows = Vec::new();
     let (serve0, sim0) = (cpu_ticks(pid)?, cpu_ticks_self()?);
     let t0 = Instant::now();
     let (mut rss, mut fds) = (Vec::new(), Vec::new());
@@ -340,36 +363,37 @@ async fn measure(
     let window = t0.elapsed().as_secs_f64();
     let (serve1, sim1) = (cpu_ticks(pid)?, cpu_ticks_self()?);
     let hwm = status_kib(pid, "VmHWM")?;
+    let anon = status_kib(pid, "RssAnon")?;
+    let file = status_kib(pid, "RssFile")?;
     let threads = status_kib(pid, "Threads")?;
     rss.sort_unstable();
     fds.sort_unstable();
     let serve_cpu = pct(serve1 - serve0, tck, window);
     let sim_cpu = pct(sim1 - sim0, tck, window);
     rows.push(format!(
-        "| `gsr serve` idle with {n} active runners (each its own token, long-polling): RSS over {w:.0} s | **median {med:.1} MiB**, max {max:.1} MiB (VmHWM {hwm:.1} MiB), {threads} threads, {fd_min}–{fd_max} open fds (sampled each second) | per runner: a receiver with its own HTTP client (`Coordinator`) and, while its reconcile loop runs, one open long poll (a TCP connection); loops stop at their 30 s idle deadline and wait for the next 30 s tick, hence the fd swing; SQLite pool; tokio |",
-        n = o.runners,
+        "| `gsr serve` idle with {n} active runners (each its own token, long-polling): RSS over {w:.0} s | **median {med:.1} MiB**, max {max:.1} MiB (VmHWM {hwm:.1} MiB; at the end RssAnon {anon:.1} MiB, RssFile {file:.1} MiB), {threads} threads, {fd_min}–{fd_max} open fds (sampled each second) | per runner: a receiver (its coordinator on an HTTP client shared by up to 50 runners) and one open long poll (an HTTP/1.1 connection on loopback, hyper's read and write buffers); SQLite pool; tokio |",
+        n = runners,
         w = window,
         med = mib(rss[rss.len() / 2]),
         max = mib(*rss.last().unwrap_or(&0)),
         hwm = mib(hwm),
+        anon = mib(anon),
+        file = mib(file),
         fd_min = fds.first().copied().unwrap_or(0),
         fd_max = fds.last().copied().unwrap_or(0),
     ));
     rows.push(format!(
-        "| `gsr serve` CPU over the same window | **{serve_cpu:.2} %** of one core | each runner's long poll is cut and re-sent every 30 s (its reconcile window, restarted by the ticker): ~{rps:.0} requests/s |",
-        rps = sim_ids.len() as f64 / 30.0,
+        "| `gsr serve` CPU over the same window | **{serve_cpu:.2} %** of one core | the simulator ends each long poll with a 204 after 50 s and the runner asks again on the same connection: ~{rps:.0} requests/s |",
+        rps = runners as f64 / 50.0,
     ));
     rows.push(format!(
-        "| simulator CPU (the bench process, in-process `gsr-sim`) | {sim_cpu:.2} % of one core | holding {n} long polls and answering the re-asks |",
-        n = o.runners
+        "| simulator CPU (the bench process, in-process `gsr-sim`) | {sim_cpu:.2} % of one core | holding {runners} long polls and answering the re-asks |",
     ));
-    rows.push(format!(
-        "| serve start → all {n} runners long-polling | {s:.1} s | decrypting {n} tokens and one `jobs/request` each, started together |",
-        n = o.runners,
-        s = to_polling.as_secs_f64()
-    ));
+    Ok(rows)
+}
 
-    // ---- 2. API latency -------------------------------------------------------------------
+/// Measurement 2: `GET /api/v1/runners` at a fixed rate from one session.
+async fn api(serve: &Serve, pid: u32, tck: u64, o: &Opts) -> anyhow::Result<String> {
     let mut browser = Browser::new(&serve.url)?;
     let me = browser.login("bench-000", PASSWORD).await?;
     let listed: Vec<serde_json::Value> = browser.get("/api/v1/runners").await?;
@@ -389,7 +413,7 @@ async fn measure(
     let serve_load_cpu = pct(cpu_ticks(pid)? - serve_before, tck, load_window);
     lat.sort_unstable();
     let n = lat.len();
-    rows.push(format!(
+    Ok(format!(
         "| `GET /api/v1/runners` (session cookie, {per} runners listed) at {rate}/s for {secs} s, {c} keep-alive clients, while the {runners} runners idle | **p50 {p50:.2} ms**, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; {n} requests ({ach:.0}/s), {errors} errors; serve CPU {cpu:.0} % | unsealing the cookie (XChaCha20-Poly1305), one indexed SQLite query, JSON; the load clients share the 2 cores |",
         per = listed.len(),
         rate = o.rate,
@@ -402,9 +426,18 @@ async fn measure(
         max = ms(lat.last().copied().unwrap_or_default()),
         ach = n as f64 / o.load.as_secs_f64(),
         cpu = serve_load_cpu,
-    ));
+    ))
+}
 
-    // ---- 3. webhook → claim ----------------------------------------------------------------
+/// Measurement 3: Job Hook → claim, for runners without and with a receiver.
+async fn hooks(
+    gitlab: &Gitlab,
+    serve: &Serve,
+    data_dir: &Path,
+    project_id: u64,
+    o: &Opts,
+) -> anyhow::Result<Vec<String>> {
+    let mut rows = Vec::new();
     let store = open_store(data_dir).await?;
     let owner = store
         .upsert_user_from_gitlab(GitlabIdentity {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use gsr_exec::{CancellationToken, Executor};
-use gsr_gitlab::{Coordinator, Features, RunnerInfo};
+use gsr_gitlab::{CoordinatorPool, Features, RunnerInfo};
 use gsr_job::ExposeSecret;
 use gsr_store::{Job, Runner, RunnerId, Store, StoreError};
 use gsr_webhook::{Delivery, HookResponse, Webhook, WebhookConfig};
@@ -32,11 +32,20 @@ pub enum DispatchError {
 /// Timing of the receivers; the defaults suit production.
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
-    /// A receiver's reconcile loop long-polls this long without a job before it stops.
+    /// A receiver's reconcile loop never stops while its runner is active; this is the
+    /// window after which it cuts a long poll GitLab has not answered and asks again
+    /// (jittered: see `gsr_webhook::WebhookConfig::keep_polling`). Default 60 s: longer
+    /// than GitLab's long poll (Workhorse holds a job request up to 50 s), so GitLab ends
+    /// each long poll with a 204 and the loop asks again on the same connection at once;
+    /// the window only cuts a request that hangs (and the first one, to spread runners
+    /// started together). A cut is what it avoids: it costs a new connection, and an
+    /// answer cut in flight may carry a job GitLab has just assigned.
     pub wait_timeout: Duration,
     /// Pause between job requests when GitLab does not long-poll.
     pub check_interval: Duration,
-    /// How often the ticker re-reads the runners and restarts idle reconcile loops.
+    /// How often the ticker re-reads the runners (new, changed, paused, deleted) and
+    /// restarts reconcile loops that ended (GitLab refused the token; a loop never ends
+    /// for lack of jobs).
     pub reconcile_interval: Duration,
     /// Retry policy for GitLab calls (`None`: the client's default).
     pub retry: Option<gsr_gitlab::RetryPolicy>,
@@ -54,7 +63,7 @@ pub struct DispatchSettings {
 impl Default for DispatchSettings {
     fn default() -> Self {
         DispatchSettings {
-            wait_timeout: Duration::from_secs(30),
+            wait_timeout: Duration::from_secs(60),
             check_interval: Duration::from_secs(3),
             reconcile_interval: Duration::from_secs(30),
             retry: None,
@@ -101,6 +110,8 @@ pub struct Dispatcher {
     worker: WorkerConfig,
     replica: String,
     settings: DispatchSettings,
+    /// The runners' coordinators, sharing HTTP clients per GitLab.
+    clients: CoordinatorPool,
     receivers: Mutex<HashMap<RunnerId, Receiver>>,
     /// Receivers replaced or removed, still draining their jobs.
     retired: tokio_util::task::TaskTracker,
@@ -148,7 +159,9 @@ impl Dispatcher {
         replica: String,
         settings: DispatchSettings,
     ) -> Arc<Dispatcher> {
+        let clients = CoordinatorPool::new(&runner_info(executor.as_ref()));
         Arc::new(Dispatcher {
+            clients,
             store,
             executor,
             worker,
@@ -171,6 +184,12 @@ impl Dispatcher {
     /// The runners that have a receiver now.
     pub fn runners(&self) -> Vec<RunnerId> {
         lock(&self.receivers).keys().copied().collect()
+    }
+
+    /// HTTP clients the runners' coordinators share now (one per GitLab per 50 runners;
+    /// see `gsr_gitlab::CoordinatorPool`), for tests and diagnostics.
+    pub fn http_clients(&self) -> usize {
+        self.clients.clients()
     }
 
     /// Jobs running on this replica, over all runners.
@@ -265,11 +284,20 @@ impl Dispatcher {
                 return;
             }
             _ = tokio::time::sleep(self.settings.shutdown_grace) => {
-                tracing::warn!(
-                    grace = ?self.settings.shutdown_grace,
-                    jobs = hooks.iter().map(|w| w.status().jobs_running).sum::<usize>(),
-                    "shutdown grace period over; aborting the running jobs"
-                );
+                let jobs = hooks.iter().map(|w| w.status().jobs_running).sum::<usize>();
+                if jobs == 0 {
+                    // Only long polls were still open (GitLab holds them up to ~50 s).
+                    tracing::info!(
+                        grace = ?self.settings.shutdown_grace,
+                        "shutdown grace period over; no job running, cutting the job requests still open"
+                    );
+                } else {
+                    tracing::warn!(
+                        grace = ?self.settings.shutdown_grace,
+                        jobs,
+                        "shutdown grace period over; aborting the running jobs"
+                    );
+                }
             }
             _ = self.abort.cancelled() => {}
         }
@@ -315,8 +343,10 @@ impl Dispatcher {
         }
     }
 
-    /// Start the reconcile loop of every receiver that is idle (a running loop is left
-    /// alone, so an idle runner costs one long poll per `wait_timeout` per tick).
+    /// Start the reconcile loop of every receiver whose loop is not running (a running
+    /// loop is left alone). Loops run until shutdown, so this starts new receivers' loops
+    /// and restarts those that ended on a refused token; an idle runner costs one long
+    /// poll per `wait_timeout`.
     pub fn reconcile_all(&self) {
         for r in lock(&self.receivers).values() {
             if !r.webhook.status().reconciling {
@@ -360,8 +390,7 @@ impl Dispatcher {
     }
 
     fn runner_info(&self) -> RunnerInfo {
-        // The local backend for now; the backend contract comes later.
-        RunnerInfo::new(self.executor.name(), "bash", Features::shell_runner())
+        runner_info(self.executor.as_ref())
     }
 
     /// Re-read the active runners: build receivers for new or changed ones, retire those
@@ -462,8 +491,10 @@ impl Dispatcher {
         };
         let token = self.store.runner_token(runner.id).await?;
         let info = self.runner_info();
-        let mut coordinator =
-            Coordinator::new(&runner.gitlab_url, &info).map_err(|e| err(e.to_string()))?;
+        let mut coordinator = self
+            .clients
+            .coordinator(&runner.gitlab_url)
+            .map_err(|e| err(e.to_string()))?;
         if let Some(retry) = self.settings.retry {
             coordinator = coordinator.with_retry(retry);
         }
@@ -488,6 +519,8 @@ impl Dispatcher {
             wait_timeout: self.settings.wait_timeout,
             check_interval: self.settings.check_interval,
             sync: false,
+            // The loop is the backstop for lost hooks: always one job request open.
+            keep_polling: true,
             ..WebhookConfig::default()
         };
         let recorder = Recorder::new(self.store.clone(), runner.id, self.replica.clone());
@@ -575,6 +608,11 @@ impl Dispatcher {
             }
         }
     }
+}
+
+fn runner_info(executor: &dyn Executor) -> RunnerInfo {
+    // The local backend for now; the backend contract comes later.
+    RunnerInfo::new(executor.name(), "bash", Features::shell_runner())
 }
 
 /// `name` as one path component: characters other than ASCII letters, digits, `.`, `-`

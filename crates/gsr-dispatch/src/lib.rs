@@ -8,8 +8,8 @@
 //!   decrypted token, its concurrency as `MAX_BUILDS`, its own builds dir and runner
 //!   manager id), [`Dispatcher::handle_webhook`] for the per-runner endpoint,
 //!   [`Dispatcher::refresh`] for created/changed/paused/deleted runners,
-//!   [`Dispatcher::start`] (recover, load, then a ticker that refreshes and restarts idle
-//!   reconcile loops), [`Dispatcher::recover`], [`Dispatcher::shutdown`] (drain for
+//!   [`Dispatcher::start`] (recover, load, start every reconcile loop, then a ticker that
+//!   refreshes the runners and restarts loops that ended), [`Dispatcher::recover`], [`Dispatcher::shutdown`] (drain for
 //!   `shutdown_grace`, then abort) and [`Dispatcher::abort_all`] (a second signal).
 //! - [`DispatchSettings`]: long-poll idle timeout, check interval, ticker period, retry
 //!   policy, shutdown grace, final-update timeout after an abort, recovery timeout.
@@ -29,6 +29,22 @@
 //!   recording, recovery). What it needed in `gsr-webhook` is small and optional: a
 //!   `JobObserver` awaited after GitLab assigned a job and before it runs (it may veto
 //!   it) and after it ended, and `Webhook::stop_claiming_gracefully`.
+//! - **Always one job request open per runner.** Each receiver's reconcile loop runs
+//!   from start to shutdown (`WebhookConfig::keep_polling`): when GitLab ends a long poll
+//!   (204 after up to 50 s) it asks again at once, on the same connection. Loops that
+//!   stopped at a 30 s window and waited for the 30 s ticker (as they once did) left every
+//!   runner without a request for up to a tick, all at the same time since all started
+//!   together: the backstop for a lost hook was late by up to 30 s. The window
+//!   (`wait_timeout`, 60 s) is longer than GitLab's long poll, so it cuts only a request
+//!   that hangs, and the first request of each loop at a random 25–100 % of it, which
+//!   spreads 1,000 runners started together over the cycle instead of re-asking in bursts.
+//!   Steady state has no cuts: a cut costs a new connection, and an answer cut in flight
+//!   may carry a job GitLab has just assigned.
+//! - **Shared HTTP clients.** Receivers get their `Coordinator` from one
+//!   `gsr_gitlab::CoordinatorPool`: runners of the same GitLab share an HTTP client (its
+//!   TLS roots, pool, resolver), at most 50 per client so that HTTP/2's per-connection
+//!   stream cap never queues a long poll (see the pool's docs). One client per runner was
+//!   most of an idle runner's memory.
 //! - **Record before run.** The observer calls `Store::record_claim` while the job's
 //!   capacity permit is held and before the backend sees the job. `AlreadyClaimed` means
 //!   another replica owns it: this one does not touch it. Any other store error fails
@@ -45,7 +61,8 @@
 //!   in the background so a GitLab outage does not delay claiming. See
 //!   [`Dispatcher::recover`].
 //! - **Bounded shutdown.** Claiming stops first (gracefully: an answer in flight is
-//!   taken), running jobs get `shutdown_grace` (gitlab-runner's 30 s default), then they
+//!   taken; an idle runner's long poll may be held by GitLab until the grace is over, and
+//!   is then cut), running jobs get `shutdown_grace` (gitlab-runner's 30 s default), then they
 //!   are aborted — their workers report them `failed` (`runner_interrupted`) and the
 //!   recorder finishes them in the store — and shutdown waits at most
 //!   `final_update_timeout` for that. `abort_all` skips the grace (second signal).

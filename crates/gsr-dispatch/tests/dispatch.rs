@@ -427,6 +427,81 @@ async fn the_reconciling_long_poll_claims_jobs_without_a_webhook_and_shutdown_dr
     assert_eq!(r.status, 503);
 }
 
+/// Every active runner keeps a job request open for good: long after the reconcile
+/// window (1 s here), with a ticker that will not come (an hour), a job whose hook was lost
+/// is still taken. Loops that stopped at their window and waited for the ticker left every
+/// runner without a request until the next tick.
+#[tokio::test]
+async fn reconcile_loops_keep_polling_between_ticks() {
+    let env = Env::new(1).await;
+    let d = Dispatcher::with_settings(
+        env.store.clone(),
+        Arc::new(gsr_exec_process::ProcessExecutor::new()),
+        worker(&env.dir.path().join("builds")),
+        "r1".into(),
+        DispatchSettings {
+            reconcile_interval: Duration::from_secs(3600),
+            ..settings()
+        },
+    );
+    let shutdown = gsr_exec::CancellationToken::new();
+    let task = d.start(shutdown.clone()).await.expect("start");
+    // Several windows (and simulator long polls of 0.5 s) go by without a job.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let id = env.enqueue(&["echo still-polling"]).await;
+    let jobs = env.wait_finished(1).await;
+    assert_eq!(jobs[0].gitlab_job_id, i64::try_from(id).unwrap());
+    assert_eq!(jobs[0].status, JobStatus::Success, "{:?}", jobs[0]);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("drains")
+        .expect("task");
+}
+
+/// Runners of one GitLab share one HTTP client (up to 50 per client).
+#[tokio::test]
+async fn runners_of_one_gitlab_share_an_http_client() {
+    let env = Env::new(1).await;
+    let admin = env.sim.admin();
+    for i in 0..3 {
+        let (gitlab_runner_id, token) = admin.create_runner(&[], true).await.expect("runner");
+        env.store
+            .create_runner(
+                env.user.id,
+                NewRunner {
+                    gitlab_url: format!("{}/", env.sim.url),
+                    gitlab_runner_id: i64::try_from(gitlab_runner_id).expect("id"),
+                    token: SecretString::from(token),
+                    description: format!("runner {i}"),
+                    tags: vec![],
+                    run_untagged: true,
+                    locked: false,
+                    access_level: AccessLevel::NotProtected,
+                    maximum_timeout: None,
+                    paused: false,
+                    backend: "local".into(),
+                    backend_settings: serde_json::json!({}),
+                    concurrency: 1,
+                },
+                10,
+            )
+            .await
+            .expect("runner created");
+    }
+    let d = env.dispatcher(env.store.clone(), "r1");
+    assert_eq!(d.refresh().await.expect("refresh"), 4);
+    assert_eq!(d.http_clients(), 1);
+    // And each still claims with its own token: a job through the first runner's hook.
+    let id = env.enqueue(&["echo shared-client"]).await;
+    let r = d
+        .handle_webhook(env.runner, env.delivery(id, Some(&env.secret)))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.message);
+    env.wait_finished(1).await;
+    d.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_runner_edited_after_start_gets_a_new_receiver() {
     let env = Env::new(1).await;

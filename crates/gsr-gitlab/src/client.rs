@@ -10,7 +10,9 @@
 //! ([`crate::retry`]). Replies are classified here into what they mean for the runner
 //! (e.g. [`PatchReply`], [`UpdateReply`]); callers never look at raw status codes.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -271,11 +273,17 @@ pub struct RegisterOptions {
 }
 
 /// Client for one GitLab instance, without credentials of its own.
+///
+/// Clones are cheap and share the HTTP client (its connection pool, TLS roots and
+/// settings); [`CoordinatorPool`] hands out such clones to many runners.
 #[derive(Clone, Debug)]
 pub struct Coordinator {
     http: reqwest::Client,
     api: url::Url,
     retry: RetryPolicy,
+    /// Set when this came from a [`CoordinatorPool`]: every clone alive counts as one
+    /// user of that shared HTTP client.
+    _share: Option<Arc<()>>,
 }
 
 /// Normalise a GitLab URL the way gitlab-runner does: strip a trailing `/` and an old `/ci`.
@@ -303,25 +311,138 @@ pub fn api_base(url: &str) -> Result<url::Url, GitlabError> {
     Ok(u)
 }
 
+/// The HTTP client every [`Coordinator`] uses; `max_idle` bounds the idle connections
+/// it keeps (per host).
+fn http_client(info: &RunnerInfo, max_idle: usize) -> Result<reqwest::Client, GitlabError> {
+    reqwest::Client::builder()
+        .user_agent(info.user_agent())
+        .pool_max_idle_per_host(max_idle)
+        .connect_timeout(Duration::from_secs(10))
+        // gitlab-runner waits up to 10 min for response headers (long polling, big uploads).
+        .read_timeout(Duration::from_secs(600))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .map_err(|e| GitlabError::Transport {
+            context: "building the HTTP client",
+            source: e,
+        })
+}
+
+/// [`Coordinator`]s for many runners (the `gsr serve` dispatcher), sharing HTTP clients.
+///
+/// Why: a `reqwest::Client` is not small (its TLS configuration with the root
+/// certificates, its pool, its resolver): one per runner was most of what an idle runner
+/// cost in `gsr serve`. Runners of the same GitLab share one instead, and so share its idle
+/// connections.
+///
+/// Why not *one* client per GitLab: over HTTPS a client speaks HTTP/2 when GitLab offers
+/// it, and then every request of that client is a stream on one connection. A job
+/// request is a long poll (held up to ~50 s), and the server caps the streams open on one
+/// connection (`SETTINGS_MAX_CONCURRENT_STREAMS`: 100–128 is common, RFC 9113 suggests no
+/// less than 100); the client (hyper) does not open a second connection when the cap is
+/// reached, it queues the request. A thousand runners on one connection would have most
+/// long polls, and the job calls (trace, updates) that share the client, waiting behind
+/// others. So a client serves at most [`CoordinatorPool::RUNNERS_PER_CLIENT`] users (a
+/// runner's receiver, and each of its running jobs, count one each while they hold their
+/// clone); the next user gets a new client. Over HTTP/1.1 it changes nothing: each
+/// request in flight has its own connection from the pool anyway.
+///
+/// Clients nobody holds any more are dropped (with their idle connections) on the next
+/// call.
+#[derive(Debug)]
+pub struct CoordinatorPool {
+    info: RunnerInfo,
+    per_client: usize,
+    /// Per normalised API URL, the shared clients.
+    shards: Mutex<HashMap<String, Vec<Shard>>>,
+}
+
+#[derive(Debug)]
+struct Shard {
+    http: reqwest::Client,
+    api: url::Url,
+    /// One strong reference per [`Coordinator`] (or clone) handed out, plus this one.
+    users: Arc<()>,
+}
+
+impl Shard {
+    fn users(&self) -> usize {
+        Arc::strong_count(&self.users) - 1
+    }
+}
+
+impl CoordinatorPool {
+    /// Users of one shared HTTP client at most: half the smallest stream cap HTTP/2 servers
+    /// commonly set, so that job calls still find streams free beside the long polls.
+    pub const RUNNERS_PER_CLIENT: usize = 50;
+
+    /// Idle connections a shared client keeps at most. Each HTTP/1.1 request in flight
+    /// has a connection of its own (~27 KiB of buffers and channel in hyper, measured with
+    /// heaptrack), and a request sent the moment the previous answer arrived often opens a
+    /// new one before the old one is back in the pool; unbounded, those spares stayed
+    /// around (~700 for 1,000 runners started together, ~18 MiB). Over HTTP/2 a client
+    /// has one connection anyway.
+    pub const MAX_IDLE_PER_CLIENT: usize = 4;
+
+    /// A pool whose clients identify as `info` (User-Agent).
+    pub fn new(info: &RunnerInfo) -> Self {
+        Self::with_per_client(info, Self::RUNNERS_PER_CLIENT)
+    }
+
+    /// [`CoordinatorPool::new`] with at most `per_client` users per client (at least 1).
+    pub fn with_per_client(info: &RunnerInfo, per_client: usize) -> Self {
+        CoordinatorPool {
+            info: info.clone(),
+            per_client: per_client.max(1),
+            shards: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A coordinator for the GitLab at `url`, on a client shared with others of the same
+    /// GitLab (URLs are compared after [`api_base`] normalisation).
+    pub fn coordinator(&self, url: &str) -> Result<Coordinator, GitlabError> {
+        let api = api_base(url)?;
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards.retain(|_, list| {
+            list.retain(|s| s.users() > 0);
+            !list.is_empty()
+        });
+        let list = shards.entry(api.to_string()).or_default();
+        let shard = match list.iter().position(|s| s.users() < self.per_client) {
+            Some(i) => &list[i],
+            None => {
+                list.push(Shard {
+                    http: http_client(&self.info, Self::MAX_IDLE_PER_CLIENT)?,
+                    api,
+                    users: Arc::new(()),
+                });
+                &list[list.len() - 1]
+            }
+        };
+        Ok(Coordinator {
+            http: shard.http.clone(),
+            api: shard.api.clone(),
+            retry: RetryPolicy::default(),
+            _share: Some(shard.users.clone()),
+        })
+    }
+
+    /// HTTP clients held now (over all GitLab URLs), counting those whose users are gone
+    /// until the next [`CoordinatorPool::coordinator`] call drops them.
+    pub fn clients(&self) -> usize {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards.values().map(Vec::len).sum()
+    }
+}
+
 impl Coordinator {
     /// A client for the GitLab at `url` (e.g. `https://gitlab.com`).
     pub fn new(url: &str, info: &RunnerInfo) -> Result<Self, GitlabError> {
-        let api = api_base(url)?;
-        let http = reqwest::Client::builder()
-            .user_agent(info.user_agent())
-            .connect_timeout(Duration::from_secs(10))
-            // gitlab-runner waits up to 10 min for response headers (long polling, big uploads).
-            .read_timeout(Duration::from_secs(600))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| GitlabError::Transport {
-                context: "building the HTTP client",
-                source: e,
-            })?;
         Ok(Coordinator {
-            http,
-            api,
+            http: http_client(info, usize::MAX)?,
+            api: api_base(url)?,
             retry: RetryPolicy::default(),
+            _share: None,
         })
     }
 
@@ -926,6 +1047,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("credentials"));
+    }
+
+    #[test]
+    fn pool_shares_a_client_per_gitlab_up_to_its_limit() {
+        let info = RunnerInfo::new("shell", "bash", crate::Features::shell_runner());
+        let pool = CoordinatorPool::with_per_client(&info, 2);
+        let a = pool.coordinator("https://gitlab.example.com").unwrap();
+        // The same GitLab spelled differently: same client.
+        let b = pool.coordinator("https://gitlab.example.com/").unwrap();
+        assert_eq!(pool.clients(), 1);
+        assert_eq!(a.api_url(), b.api_url());
+        // A third user of the same GitLab: a second client.
+        let c = pool.coordinator("https://gitlab.example.com").unwrap();
+        assert_eq!(pool.clients(), 2);
+        // Another GitLab never shares.
+        let d = pool.coordinator("https://other.example.com").unwrap();
+        assert_eq!(pool.clients(), 3);
+        assert_eq!(d.api_url().as_str(), "https://other.example.com/api/v4/");
+        // A clone (a job's client) counts as a user while it lives.
+        let job = a.job_client(1, SecretString::from("t".to_string()));
+        drop(a);
+        let e = pool.coordinator("https://gitlab.example.com").unwrap();
+        assert_eq!(
+            pool.clients(),
+            3,
+            "a freed place in the second client is reused"
+        );
+        // Clients nobody holds are dropped on the next call.
+        drop((b, c, d, e, job));
+        let f = pool.coordinator("https://gitlab.example.com").unwrap();
+        assert_eq!(pool.clients(), 1);
+        assert!(pool.coordinator("ftp://x").is_err());
+        drop(f);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! Layout:
 //! - [`wire`]: serde types exactly as on the wire (private to the crate's users in spirit).
 //! - [`convert`]: wire → [`gsr_job::JobSpec`], with salvage of id/token from bad payloads.
-//! - [`client`]: [`Coordinator`] (runner-token calls) and [`JobClient`] (job-token calls).
+//! - [`client`]: [`Coordinator`] (runner-token calls), [`JobClient`] (job-token calls) and
+//!   [`CoordinatorPool`] (many runners sharing HTTP clients, for `gsr serve`).
 //! - [`retry`]: which failures are retried and how long to wait.
 //! - [`features`]: the `info.features` this runner truthfully declares.
 //! - [`system_id`]: the per-machine runner manager id.
@@ -25,8 +26,9 @@ pub mod webhook;
 pub mod wire;
 
 pub use client::{
-    api_base, ClaimedJob, Coordinator, GitlabError, JobClient, JobRequest, JobSignal, JobUpdate,
-    PatchReply, PatchResult, RegisterOptions, Registered, UpdateReply, UpdateResult,
+    api_base, ClaimedJob, Coordinator, CoordinatorPool, GitlabError, JobClient, JobRequest,
+    JobSignal, JobUpdate, PatchReply, PatchResult, RegisterOptions, Registered, UpdateReply,
+    UpdateResult,
 };
 pub use convert::{parse_job, PayloadError};
 pub use features::Features;

@@ -17,6 +17,8 @@
 //!   polling with `last_update`, like `run-single`) while jobs come and capacity allows,
 //!   and stops after `wait_timeout` without a job. A job whose hook never arrived is taken
 //!   while it runs. Deliveries while it runs only nudge it; there is never a second loop.
+//!   A long-lived service sets [`WebhookConfig::keep_polling`]: the loop then never stops
+//!   for lack of jobs (jittered windows, so many receivers do not re-ask in lockstep).
 //! - **Capacity first.** A claim needs a permit (`max_builds` in flight); the permit is
 //!   held by the job's task, so a job is claimed only when it can start at once.
 //! - **HTTP-agnostic core.** [`Webhook::handle`] takes a [`Delivery`] (headers and body

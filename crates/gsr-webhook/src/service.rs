@@ -15,6 +15,7 @@ use gsr_gitlab::webhook::{token_matches, JobHook};
 use gsr_gitlab::{ClaimedJob, Coordinator, GitlabError, JobRequest, PayloadError, RunnerInfo};
 use gsr_job::{ExposeSecret, SecretString};
 use gsr_worker::WorkerConfig;
+use rand::Rng;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -22,6 +23,9 @@ use tokio_util::task::TaskTracker;
 use crate::delivery::{delivery_name, Delivery, HookResponse, JobSummary, DUPLICATE, IGNORED};
 use crate::observer::{ClaimDecision, ClaimInfo, JobObserver};
 use crate::seen::{Key, Seen};
+
+/// A `jobs/request` answered faster than this was not held by GitLab (no long poll).
+const QUICK_ANSWER: Duration = Duration::from_millis(100);
 
 /// The `X-Gitlab-Event` value of job events.
 pub const JOB_HOOK: &str = "Job Hook";
@@ -42,7 +46,8 @@ pub struct WebhookConfig {
     /// `MAX_BUILDS`: jobs in flight at most (claims wait for a free slot).
     pub max_builds: usize,
     /// `WAIT_TIMEOUT`: the reconcile loop stops after this long without a job. Zero: it
-    /// stops at the first "no job" answer (and does not long-poll).
+    /// stops at the first "no job" answer (and does not long-poll). With `keep_polling`,
+    /// the window after which a long poll GitLab still holds is cut and sent again.
     pub wait_timeout: Duration,
     /// Wait for the job a delivery caused before answering (see [`HookResponse::done`]).
     pub sync: bool,
@@ -50,6 +55,16 @@ pub struct WebhookConfig {
     pub check_interval: Duration,
     /// How many idempotency keys, event UUIDs and build ids to remember.
     pub remember: usize,
+    /// Once started, the reconcile loop never stops for lack of jobs (only on shutdown,
+    /// or when GitLab refuses the token): when GitLab ends a long poll it asks again at
+    /// once, a request GitLab holds longer than `wait_timeout` is cut and sent again, and
+    /// without long polling it asks every `check_interval`. For a long-lived service
+    /// (`gsr serve`), where the loop is the backstop for lost hooks and must not leave
+    /// gaps. The window is jittered (the first long poll is cut at a random 25–100 % of
+    /// `wait_timeout`, later ones at 90–100 %) so that many receivers started together do
+    /// not re-ask in lockstep. Sync waiters (`sync`) for a job this receiver does not claim
+    /// are answered only on shutdown, so the two do not go together.
+    pub keep_polling: bool,
 }
 
 impl Default for WebhookConfig {
@@ -61,6 +76,7 @@ impl Default for WebhookConfig {
             sync: false,
             check_interval: Duration::from_secs(3),
             remember: 10_000,
+            keep_polling: false,
         }
     }
 }
@@ -411,9 +427,15 @@ impl Webhook {
         }
     }
 
+    fn window(&self, first: bool) -> Duration {
+        window(&self.cfg, first)
+    }
+
     async fn reconcile_loop(self: Arc<Self>, mut seen: u64) {
         let wait = self.cfg.wait_timeout;
         let long_poll = !wait.is_zero();
+        let keep = self.cfg.keep_polling;
+        let mut first = true;
         let mut deadline = Instant::now() + wait;
         let mut failures = 0u32;
         let mut quick_polls = 0u32;
@@ -425,7 +447,7 @@ impl Webhook {
                 break;
             }
             if long_poll && Instant::now() >= deadline {
-                if self.try_finish(&mut seen) {
+                if !keep && self.try_finish(&mut seen) {
                     break;
                 }
                 deadline = Instant::now() + wait;
@@ -463,6 +485,10 @@ impl Webhook {
             } else {
                 None
             };
+            if keep {
+                // Polling for good: the window bounds this one request (see `window`).
+                deadline = Instant::now() + self.window(first);
+            }
             let started = Instant::now();
             let request = self.runner.coordinator.request_job(
                 &self.runner.runner_token,
@@ -482,6 +508,10 @@ impl Webhook {
                     _ = self.stop.cancelled() => break None,
                 }
             };
+            if started.elapsed() >= QUICK_ANSWER {
+                // The first request that was held (or cut) has spread this loop's phase.
+                first = false;
+            }
             let Some(outcome) = outcome else {
                 continue; // deadline or stop: checked at the top
             };
@@ -507,9 +537,14 @@ impl Webhook {
                     drop(permit);
                     failures = 0;
                     if !long_poll {
-                        if self.try_finish(&mut seen) {
-                            break;
+                        if !keep {
+                            if self.try_finish(&mut seen) {
+                                break;
+                            }
+                            continue;
                         }
+                        let next = started + self.cfg.check_interval;
+                        self.pause_until(next, &mut seen, &mut deadline).await;
                         continue;
                     }
                     let have_last_update = {
@@ -522,7 +557,7 @@ impl Webhook {
                     // As in run-single: Workhorse holds the next request until the queue
                     // changes, so ask again at once; fall back to the check interval
                     // when answers keep coming back at once.
-                    let quick = started.elapsed() < Duration::from_millis(100);
+                    let quick = started.elapsed() < QUICK_ANSWER;
                     quick_polls = if quick { quick_polls + 1 } else { 0 };
                     if long_polling && have_last_update && quick_polls < 3 {
                         continue;
@@ -549,7 +584,7 @@ impl Webhook {
                         .retry_policy()
                         .backoff(failures.min(10));
                     tracing::warn!(error = %e, wait = ?backoff, "requesting a job failed; will retry");
-                    if !long_poll && failures >= 3 && self.try_finish(&mut seen) {
+                    if !long_poll && !keep && failures >= 3 && self.try_finish(&mut seen) {
                         break;
                     }
                     let mut next = Instant::now() + backoff;
@@ -757,6 +792,18 @@ impl Webhook {
     }
 }
 
+/// The long-poll window: `wait_timeout`, or with `keep_polling` a random share of it (see
+/// [`WebhookConfig::keep_polling`]): loops started together drift apart with their first
+/// long poll (the first request GitLab holds) and stay apart (later windows vary a little).
+fn window(cfg: &WebhookConfig, first: bool) -> Duration {
+    let wait = cfg.wait_timeout;
+    if !cfg.keep_polling {
+        return wait;
+    }
+    let low = if first { 0.25 } else { 0.9 };
+    wait.mul_f64(rand::thread_rng().gen_range(low..=1.0))
+}
+
 /// `job_info.time_in_queue_seconds` of a `jobs/request` payload, when GitLab sent it.
 fn queued_duration(payload: &[u8]) -> Option<Duration> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
@@ -783,5 +830,34 @@ impl Drop for JobGuard {
             // Dropping the senders tells sync waiters that the job did not end normally.
             lock(&self.webhook.waiters).remove(&self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_jittered_only_when_polling_for_good() {
+        let mut cfg = WebhookConfig {
+            wait_timeout: Duration::from_secs(30),
+            ..WebhookConfig::default()
+        };
+        assert_eq!(window(&cfg, true), Duration::from_secs(30));
+        assert_eq!(window(&cfg, false), Duration::from_secs(30));
+        cfg.keep_polling = true;
+        let first: Vec<Duration> = (0..200).map(|_| window(&cfg, true)).collect();
+        let later: Vec<Duration> = (0..200).map(|_| window(&cfg, false)).collect();
+        assert!(first
+            .iter()
+            .all(|w| (Duration::from_millis(7500)..=Duration::from_secs(30)).contains(w)));
+        assert!(later
+            .iter()
+            .all(|w| (Duration::from_secs(27)..=Duration::from_secs(30)).contains(w)));
+        // 200 draws from a continuous range: not all alike (lockstep is what this avoids).
+        assert!(first.iter().any(|w| *w != first[0]));
+        assert!(later.iter().any(|w| *w != later[0]));
+        cfg.wait_timeout = Duration::ZERO;
+        assert_eq!(window(&cfg, true), Duration::ZERO);
     }
 }
