@@ -148,6 +148,42 @@ fn launch(job_id: u64, payload: Vec<u8>, timeout: Duration) -> Launch {
 }
 
 /// Containers, networks and volumes labelled with this job.
+/// Wait (hang guard 60 s) until the job container of `job_id` runs its `sleep`.
+async fn sleeping(backend: &DockerBackend, job_id: u64) {
+    let filter = HashMap::from([(
+        "label".to_string(),
+        vec![format!("gsr.job={job_id}"), "gsr.role=job".to_string()],
+    )]);
+    let d = backend.client();
+    for _ in 0..600 {
+        let containers = d
+            .list_containers(Some(ListContainersOptions {
+                filters: Some(filter.clone()),
+                ..Default::default()
+            }))
+            .await
+            .expect("list containers");
+        for c in containers {
+            let Some(id) = c.id else { continue };
+            if let Ok(top) = d
+                .top_processes(&id, None::<bollard::query_parameters::TopOptions>)
+                .await
+            {
+                let sleeping = top
+                    .processes
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|p| p.iter().any(|f| f.contains("sleep 600")));
+                if sleeping {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {job_id} never reached its sleep");
+}
+
 async fn leftovers(backend: &DockerBackend, job_id: u64) -> Vec<String> {
     let filter = HashMap::from([("label".to_string(), vec![format!("gsr.job={job_id}")])]);
     let d = backend.client();
@@ -260,6 +296,9 @@ async fn abort_sends_sigterm_first_then_kills() {
         ))
         .await
         .expect("start");
+    // Abort only once the stand-in has its TERM handler: a signal that arrives while it is
+    // still reading the payload races the script's own start-up, not the backend.
+    sleeping(&fx.backend, job).await;
     running.abort();
     assert_eq!(
         guarded("wait", running.wait()).await.expect("wait"),

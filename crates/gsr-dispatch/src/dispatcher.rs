@@ -1,7 +1,7 @@
 //! [`Dispatcher`]: one receiver per active runner, webhook routing, the reconcile ticker,
 //! restart recovery, and shutdown (drain for a grace period, then abort).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::metric;
 use crate::recorder::Recorder;
 use crate::recovery::Reporter;
+use crate::runtime::{self, Runtimes};
 
 /// The failure reason recorded for jobs found unfinished at start (see [`Dispatcher::recover`]).
 pub const LOST_REASON: &str = "replica_restarted";
@@ -106,7 +107,10 @@ impl Shape {
 /// Claims and runs the jobs of every active runner of the control plane.
 pub struct Dispatcher {
     store: Arc<dyn Store>,
-    executor: Arc<dyn Executor>,
+    /// Where runners' jobs run, by their `backend` field.
+    runtimes: Runtimes,
+    /// Runners whose runtime this replica does not offer, already logged.
+    unoffered: Mutex<HashSet<RunnerId>>,
     worker: WorkerConfig,
     replica: String,
     settings: DispatchSettings,
@@ -151,7 +155,8 @@ impl Dispatcher {
         )
     }
 
-    /// [`Dispatcher::new`] with explicit timing.
+    /// [`Dispatcher::new`] with explicit timing. The only runtime is `executor` in this
+    /// process, as [`runtime::IN_PROCESS`] (`local`).
     pub fn with_settings(
         store: Arc<dyn Store>,
         executor: Arc<dyn Executor>,
@@ -159,11 +164,31 @@ impl Dispatcher {
         replica: String,
         settings: DispatchSettings,
     ) -> Arc<Dispatcher> {
-        let clients = CoordinatorPool::new(&runner_info(executor.as_ref()));
+        let mut runtimes = Runtimes::new(gsr_worker::place::claimer_identity(&replica));
+        runtimes.add(
+            runtime::IN_PROCESS,
+            gsr_worker::place::Target::InProcess(executor),
+            None,
+        );
+        Self::with_runtimes(store, runtimes, worker, replica, settings)
+    }
+
+    /// A dispatcher whose runners' jobs run where their `backend` field says, among
+    /// `runtimes` (see [`Runtimes`]; call [`Runtimes::prepare`] before). Runners naming a
+    /// runtime not offered here are not claimed for (logged once per runner).
+    pub fn with_runtimes(
+        store: Arc<dyn Store>,
+        runtimes: Runtimes,
+        worker: WorkerConfig,
+        replica: String,
+        settings: DispatchSettings,
+    ) -> Arc<Dispatcher> {
+        let clients = CoordinatorPool::new(&shell_info());
         Arc::new(Dispatcher {
             clients,
             store,
-            executor,
+            runtimes,
+            unoffered: Mutex::new(HashSet::new()),
             worker,
             replica,
             settings,
@@ -389,8 +414,31 @@ impl Dispatcher {
         }
     }
 
+    /// The runtimes this replica offers.
+    pub fn runtimes(&self) -> &Runtimes {
+        &self.runtimes
+    }
+
+    /// What recovery declares (it only reports jobs with their job tokens).
     fn runner_info(&self) -> RunnerInfo {
-        runner_info(self.executor.as_ref())
+        shell_info()
+    }
+
+    /// Whether this replica runs `runner`'s jobs; logs once per runner when it does not.
+    fn offered(&self, runner: &Runner) -> bool {
+        if self.runtimes.offers(&runner.backend) {
+            lock(&self.unoffered).remove(&runner.id);
+            return true;
+        }
+        if lock(&self.unoffered).insert(runner.id) {
+            tracing::warn!(
+                runner = %runner.id,
+                runtime = %runner.backend,
+                offered = ?self.runtimes.names(),
+                "the runner's runtime is not enabled on this replica (gsr serve --backends): its jobs are not claimed here"
+            );
+        }
+        false
     }
 
     /// Re-read the active runners: build receivers for new or changed ones, retire those
@@ -412,7 +460,7 @@ impl Dispatcher {
             let gone = stale.iter().filter_map(|id| recv.remove(id)).collect();
             let todo = wanted
                 .values()
-                .filter(|r| !recv.contains_key(&r.id))
+                .filter(|r| !recv.contains_key(&r.id) && self.offered(r))
                 .cloned()
                 .collect();
             (gone, todo)
@@ -489,8 +537,17 @@ impl Dispatcher {
             runner: runner.id,
             message,
         };
+        let placement = self
+            .runtimes
+            .placement(&runner.backend, &runner.gitlab_url)
+            .ok_or_else(|| {
+                err(format!(
+                    "runtime {:?} is not enabled on this replica",
+                    runner.backend
+                ))
+            })?;
+        let info = runtime::placement_info(&placement);
         let token = self.store.runner_token(runner.id).await?;
-        let info = self.runner_info();
         let mut coordinator = self
             .clients
             .coordinator(&runner.gitlab_url)
@@ -529,7 +586,7 @@ impl Dispatcher {
             runner_token: token,
             system_id,
             info,
-            executor: self.executor.clone(),
+            placement,
             worker,
         };
         Webhook::with_observer(cfg, hook_runner, Arc::new(recorder)).map_err(|e| err(e.to_string()))
@@ -600,6 +657,15 @@ impl Dispatcher {
         if self.stopping.is_cancelled() {
             return reply(503, "shutting down");
         }
+        if !self.offered(&runner) {
+            return reply(
+                200,
+                format!(
+                    "{} the runner's runtime is not enabled on this replica",
+                    gsr_webhook::delivery::IGNORED
+                ),
+            );
+        }
         match self.receiver(runner).await {
             Ok(w) => w.handle(delivery),
             Err(e) => {
@@ -610,9 +676,10 @@ impl Dispatcher {
     }
 }
 
-fn runner_info(executor: &dyn Executor) -> RunnerInfo {
-    // The local backend for now; the backend contract comes later.
-    RunnerInfo::new(executor.name(), "bash", Features::shell_runner())
+/// The in-process shell's declaration: the pool's and recovery's (each receiver declares
+/// its own runtime's, see [`runtime::placement_info`]).
+fn shell_info() -> RunnerInfo {
+    RunnerInfo::new("shell", "bash", Features::shell_runner())
 }
 
 /// `name` as one path component: characters other than ASCII letters, digits, `.`, `-`

@@ -17,6 +17,9 @@
 //!   `record_claim_with_token` → `running` → final state, and [`Durations`] (queue,
 //!   pickup, run).
 //! - `recovery.rs`: reporting a dead incarnation's jobs to GitLab with their kept tokens.
+//! - [`runtime`]: [`Runtimes`], where a runner's jobs run by its `backend` field (the
+//!   in-process shell as `local`, and the backends the operator enabled), each built and
+//!   prepared once per replica and shared by the runners naming it.
 //! - [`metric`]: the metric names (`gsr_jobs_*`, `gsr_pickup_latency_seconds`,
 //!   `gsr_webhook_deliveries_total`, `gsr_runners_active`, and the two the webhook core
 //!   emits), through the `metrics` facade; the binary installs the recorder.
@@ -72,6 +75,22 @@
 //!   `Webhook::stop_claiming_gracefully`: no new requests, the one in flight is answered
 //!   and its job runs. A receiver is rebuilt only when a field it depends on changes
 //!   (GitLab URL and runner id, concurrency, backend), not on every edit.
+//! - **Where jobs run is the runner's runtime.** Each receiver gets the
+//!   `gsr_worker::place::Placement` of its runner's `backend` ([`Runtimes::placement`]):
+//!   the in-process shell (`local`, what every runner created before runtimes existed
+//!   says) or a backend (`gsr_worker::place::run_claimed`: start → wait → cleanup, the job's
+//!   `gsr exec` talks to GitLab with its job token). A runner naming a runtime this replica
+//!   does not offer gets no receiver and its deliveries are answered `ignored`: a job must
+//!   not be claimed where it cannot run (it waits in GitLab for a replica that can), and
+//!   the operator learns it from one log line per runner. Each receiver declares its
+//!   runtime's features (`image`/`services` only on a runtime that honours them).
+//! - **A crash and a backend job.** The store's record of a backend job stays unfinished
+//!   like any other; on restart the backends' `reap` (run by the binary before the
+//!   dispatcher starts) removes the places the dead incarnation left (its claimer
+//!   identity — replica, PID, start time — is dead), then recovery reports the job failed
+//!   with its kept token (or finds GitLab already has a final state from the job's own
+//!   `gsr exec`, which the `local` backend's lifeline lets end by itself). Without a
+//!   restart on the same host, a Docker job runs to its end and reports itself.
 //! - **Secrets.** The runner token is decrypted only to build the receiver and lives in
 //!   it as a `SecretString`; webhook secrets are only verified (hash, constant time).
 //!   An unknown runner is 404 before any secret check, a wrong secret 401 without
@@ -91,10 +110,12 @@ mod dispatcher;
 pub mod metric;
 mod recorder;
 mod recovery;
+pub mod runtime;
 
 pub use dispatcher::{DispatchError, DispatchSettings, Dispatcher, LOST_REASON};
 pub use recorder::{Durations, Recorder};
 pub use recovery::ATTEMPTS as RECOVERY_ATTEMPTS;
+pub use runtime::Runtimes;
 
 // Tests: `tests/dispatch.rs` (the dispatcher against gsr-sim + SQLite: webhook → history
 // with durations, secrets/404/paused, two replicas × 20 jobs on one database file, the

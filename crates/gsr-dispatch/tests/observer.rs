@@ -59,7 +59,7 @@ impl Sim {
             runner_token: SecretString::from(self.token.clone()),
             system_id: "s_0123456789ab".into(),
             info,
-            executor: Arc::new(gsr_exec_process::ProcessExecutor::new()),
+            placement: Runner::in_process(Arc::new(gsr_exec_process::ProcessExecutor::new())),
             worker: WorkerConfig {
                 builds_dir: self.dir.path().join("builds"),
                 output_limit: 1024 * 1024,

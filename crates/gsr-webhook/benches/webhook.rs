@@ -136,7 +136,7 @@ async fn run() -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
         runner_token: SecretString::from(token),
         system_id: "s_0123456789ab".into(),
         info,
-        executor: Arc::new(gsr_exec_process::ProcessExecutor::new()),
+        placement: Runner::in_process(Arc::new(gsr_exec_process::ProcessExecutor::new())),
         worker: WorkerConfig {
             builds_dir: tmp.path().join("builds"),
             output_limit: 4 * 1024 * 1024,

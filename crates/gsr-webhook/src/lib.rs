@@ -21,6 +21,11 @@
 //!   for lack of jobs (jittered windows, so many receivers do not re-ask in lockstep).
 //! - **Capacity first.** A claim needs a permit (`max_builds` in flight); the permit is
 //!   held by the job's task, so a job is claimed only when it can start at once.
+//! - **Where a job runs is the caller's.** [`Runner::placement`] is a
+//!   `gsr_worker::place::Placement`: `gsr webhook` and `gsr lambda` run jobs in process
+//!   ([`Runner::in_process`], the shell executor), `gsr serve` on the runner's runtime (a
+//!   backend). The job task calls `gsr_worker::place::run_claimed` either way, so the
+//!   observer sees claim → outcome the same for both.
 //! - **HTTP-agnostic core.** [`Webhook::handle`] takes a [`Delivery`] (headers and body
 //!   already read) and returns a [`HookResponse`]; [`http`] is the axum adapter. A Lambda
 //!   adapter maps its event to a `Delivery` and reuses everything else.

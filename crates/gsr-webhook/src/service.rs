@@ -14,6 +14,7 @@ use gsr_exec::{CancellationToken, Executor};
 use gsr_gitlab::webhook::{token_matches, JobHook};
 use gsr_gitlab::{ClaimedJob, Coordinator, GitlabError, JobRequest, PayloadError, RunnerInfo};
 use gsr_job::{ExposeSecret, SecretString};
+use gsr_worker::place::{Placement, Target};
 use gsr_worker::WorkerConfig;
 use rand::Rng;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -91,10 +92,24 @@ pub struct Runner {
     pub system_id: String,
     /// What the runner declares (`info`, features).
     pub info: RunnerInfo,
-    /// Runs the job's steps.
-    pub executor: Arc<dyn Executor>,
+    /// Where claimed jobs run: in this process with an executor ([`Runner::in_process`],
+    /// what `gsr webhook` and `gsr lambda` use) or on a backend (`gsr serve`'s runtimes).
+    pub placement: Placement,
     /// Worker settings; `concurrent_id` is set per job from a free slot.
     pub worker: WorkerConfig,
+}
+
+impl Runner {
+    /// The placement of jobs run in this process by `executor` (no backend, no fallback).
+    pub fn in_process(executor: Arc<dyn Executor>) -> Placement {
+        Placement {
+            primary: Target::InProcess(executor),
+            fallback: None,
+            // Used for backends' labels and `gsr exec --url` only.
+            claimer: String::new(),
+            gitlab_url: String::new(),
+        }
+    }
 }
 
 /// A snapshot of what the receiver is doing.
@@ -645,7 +660,7 @@ impl Webhook {
 
     fn start_job(self: &Arc<Self>, job: ClaimedJob, permit: OwnedSemaphorePermit, sent: Instant) {
         let claimed_at = Instant::now();
-        let spec = job.spec;
+        let ClaimedJob { spec, payload } = job;
         let id = spec.id;
         let received = lock(&self.received).remove(&id);
         let guard = self.job_started(id, permit);
@@ -665,7 +680,7 @@ impl Webhook {
         let info = ClaimInfo {
             job_id: id,
             project: Some(spec.project_full_path.clone()),
-            queued_duration: queued_duration(&job.payload),
+            queued_duration: queued_duration(&payload),
             job_token: Some(spec.token.clone()),
         };
         let me = self.clone();
@@ -695,10 +710,11 @@ impl Webhook {
             let mut cfg = me.runner.worker.clone();
             cfg.concurrent_id = guard.slot;
             let client = me.runner.coordinator.job_client(id, spec.token.clone());
-            let report = gsr_worker::run_job(
-                spec,
+            let job = ClaimedJob { spec, payload };
+            let report = gsr_worker::place::run_claimed(
+                job,
                 client,
-                me.runner.executor.clone(),
+                &me.runner.placement,
                 &cfg,
                 me.abort.clone(),
             )

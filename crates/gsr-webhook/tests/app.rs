@@ -28,7 +28,7 @@ fn runner(url: &str, token: &str, builds: &Path) -> Runner {
         runner_token: SecretString::from(token.to_string()),
         system_id: "s_0123456789ab".into(),
         info,
-        executor: Arc::new(gsr_exec_process::ProcessExecutor::new()),
+        placement: Runner::in_process(Arc::new(gsr_exec_process::ProcessExecutor::new())),
         worker: WorkerConfig {
             builds_dir: builds.to_path_buf(),
             output_limit: 4 * 1024 * 1024,

@@ -163,6 +163,22 @@ pub struct ServeArgs {
 
     #[command(flatten, next_help_heading = "Jobs")]
     pub executor: ExecutorArgs,
+    /// Runtimes runners may choose (comma-separated, first = default of new runners):
+    /// `shell` (in this process, shown as `local`; what older runners use), `local`
+    /// (a child `gsr exec` per job, shown as `process`), `docker`, `kubernetes`.
+    #[arg(
+        long,
+        env = "GSR_BACKENDS",
+        value_delimiter = ',',
+        default_value = "shell",
+        value_name = "NAME,...",
+        help_heading = "Jobs"
+    )]
+    pub backends: Vec<String>,
+    /// Boxed: the settings of every backend would make this variant much larger than
+    /// the others.
+    #[command(flatten, next_help_heading = "Runtimes")]
+    pub backend: Box<BackendArgs>,
 }
 
 /// `gsr lambda`: the `gsr webhook` settings that apply inside AWS Lambda, plus its time

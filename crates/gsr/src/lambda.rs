@@ -149,7 +149,7 @@ pub async fn run(args: LambdaArgs) -> anyhow::Result<ExitCode> {
                         runner_token: token.clone(),
                         system_id: system_id.clone(),
                         info: info.clone(),
-                        executor: executor.clone(),
+                        placement: Runner::in_process(executor.clone()),
                         worker: worker.clone(),
                     },
                 )

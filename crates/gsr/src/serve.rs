@@ -8,6 +8,12 @@
 //! sealed with a separate key: `GSR_COOKIE_KEY` or `DATA_DIR/cookie/secret.key` (replicas
 //! behind one load balancer must share it).
 //!
+//! Runtimes (`--backends`, [`build_runtimes`]): where each runner's jobs run, by its
+//! `backend` field. Each enabled backend is built once with `gsr run-single`'s builders
+//! (`wiring::build_target`, the same `--docker-*`, `--kubernetes-*`, `--sandbox` flags) and
+//! prepared (validated, leftovers of dead claimers reaped) before anything is claimed; the
+//! web form offers exactly the enabled ones, in flag order (the first is the default).
+//!
 //! `GET /metrics` serves Prometheus text ([`crate::metrics`]). Settings may come from a
 //! TOML file (`--config`, [`crate::config`]).
 //!
@@ -33,10 +39,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use gsr_dispatch::{DispatchSettings, Dispatcher};
+use gsr_dispatch::{DispatchSettings, Dispatcher, Runtimes};
 use gsr_exec::CancellationToken;
 use gsr_store::{PgStore, RunnerId, SecretBox, SqliteStore, Store};
 use gsr_web::{WebConfig, WebState};
+use gsr_worker::place::{LimitedBackend, Target};
 use secrecy::SecretString;
 
 use crate::cli::ServeArgs;
@@ -58,7 +65,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(data_dir, args.database_url.as_deref()).await?;
     let cookie_key = cookie_key(data_dir)?;
 
-    let executor = wiring::build_executor(&args.executor).await?;
     let builds_dir = wiring::builds_dir(&args.executor.builds_dir)?;
     let system_id =
         gsr_gitlab::system_id::for_this_machine(Some(&builds_dir.join(".runner_system_id")));
@@ -69,14 +75,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(wiring::hostname);
+    let runtimes = build_runtimes(&args, &replica).await?;
+    runtimes
+        .prepare()
+        .await
+        .context("preparing the runtimes (--backends)")?;
     let grace = Duration::from_secs(args.shutdown_timeout);
     let settings = DispatchSettings {
         shutdown_grace: grace,
         ..DispatchSettings::default()
     };
-    let dispatcher = Dispatcher::with_settings(
+    let dispatcher = Dispatcher::with_runtimes(
         store.clone(),
-        executor.clone(),
+        runtimes.clone(),
         worker,
         replica.clone(),
         settings,
@@ -112,7 +123,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let web = gsr_web::app(
         WebState::new(store, config, cookie_key)
-            .with_extra_gitlab_urls(args.extra_gitlab_urls.clone()),
+            .with_extra_gitlab_urls(args.extra_gitlab_urls.clone())
+            .with_backends(runtimes.names()),
     );
     let app = hooks(dispatcher.clone(), args.body_limit)
         .merge(crate::metrics::routes(metrics))
@@ -128,7 +140,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         %public_url,
         gitlab = %args.gitlab_url,
         %replica,
-        executor = executor.name(),
+        runtimes = ?runtimes.names(),
         store = if args.database_url.is_some() { "postgres" } else { "sqlite" },
         shutdown_timeout_s = args.shutdown_timeout,
         "gsr serve listening"
@@ -208,6 +220,94 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("gsr serve stopped");
     Ok(ExitCode::from(code))
+}
+
+/// The runtime name users see for a `--backends` value (see [`build_runtimes`]).
+fn runtime_name(kind: &str) -> Option<(&'static str, &'static str)> {
+    // (executor kind, runtime name)
+    match kind {
+        "shell" | "local-shell" => Some(("shell", gsr_dispatch::runtime::IN_PROCESS)),
+        "local" | "process" => Some(("local", "process")),
+        "docker" => Some(("docker", "docker")),
+        "kubernetes" => Some(("kubernetes", "kubernetes")),
+        _ => None,
+    }
+}
+
+/// The runtimes of `--backends`, each built once with the run-single builders.
+///
+/// Names: `--backends` takes `gsr run-single`'s executor names; users (web form, API,
+/// store) see runtime names. They differ in one place, for compatibility: the in-process
+/// shell is the runtime `local`, because every runner created before runtimes existed
+/// says `local` and means it; the child-process backend (`--executor local`) is therefore
+/// the runtime `process`. `--fallback-executor` names one of the enabled backends: every
+/// other backend sends jobs above its limit there (`--executor-max-duration` sets that
+/// limit on every backend but the fallback).
+async fn build_runtimes(args: &ServeArgs, replica: &str) -> anyhow::Result<Runtimes> {
+    let mut kinds: Vec<&'static str> = Vec::new();
+    let mut names: Vec<&'static str> = Vec::new();
+    for raw in &args.backends {
+        let v = raw.trim().to_ascii_lowercase();
+        if v.is_empty() {
+            continue;
+        }
+        let Some((kind, name)) = runtime_name(&v) else {
+            anyhow::bail!(
+                "unknown backend {v:?} in --backends; supported: shell, local, docker, kubernetes"
+            );
+        };
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+            names.push(name);
+        }
+    }
+    if kinds.is_empty() {
+        anyhow::bail!("--backends is empty: enable at least one (e.g. shell)");
+    }
+    if !matches!(args.executor.executor.trim(), "shell" | "local" | "") {
+        anyhow::bail!(
+            "gsr serve runs jobs where each runner's runtime says: use --backends {}, not --executor",
+            args.executor.executor.trim()
+        );
+    }
+    let b = &args.backend;
+    if !matches!(b.sandbox.trim(), "" | "none") && !kinds.contains(&"local") {
+        anyhow::bail!("--sandbox applies to the local backend only (--backends …,local)");
+    }
+    let fallback_kind = match b.fallback_executor.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(f) => match runtime_name(&f.to_ascii_lowercase()) {
+            Some((kind, _)) if kinds.contains(&kind) => Some(kind),
+            _ => anyhow::bail!("--fallback-executor {f:?} must be one of --backends"),
+        },
+    };
+    let mut targets = Vec::new();
+    for kind in &kinds {
+        let t = wiring::build_target(kind, &args.executor, b, replica)
+            .await
+            .with_context(|| format!("building the {kind} backend"))?;
+        targets.push(t);
+    }
+    let fallback = fallback_kind
+        .and_then(|f| kinds.iter().position(|k| *k == f))
+        .map(|i| targets[i].clone());
+    let mut runtimes = Runtimes::new(gsr_worker::place::claimer_identity(replica));
+    for ((kind, name), target) in kinds.iter().zip(&names).zip(targets) {
+        let is_fallback = Some(*kind) == fallback_kind;
+        let target = match (target, b.executor_max_duration) {
+            (Target::Backend(be), Some(secs)) if !is_fallback => {
+                Target::Backend(Arc::new(LimitedBackend::new(be, Duration::from_secs(secs))))
+            }
+            (t, _) => t,
+        };
+        let fb = if is_fallback || matches!(target, Target::InProcess(_)) {
+            None
+        } else {
+            fallback.clone()
+        };
+        runtimes.add(name, target, fb);
+    }
+    Ok(runtimes)
 }
 
 /// PostgreSQL at `database_url`, else SQLite in `data_dir`; secrets sealed with the key

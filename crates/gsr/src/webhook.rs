@@ -59,7 +59,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<ExitCode> {
             runner_token: token,
             system_id: system_id.clone(),
             info,
-            executor: executor.clone(),
+            placement: Runner::in_process(executor.clone()),
             worker,
         },
     )?;

@@ -109,7 +109,9 @@ pub async fn build_placement(
     })
 }
 
-async fn build_target(
+/// One target by executor name (`shell`, `local`, `docker`, `kubernetes`); `name` is the
+/// claimer's name (`gsr serve`: the replica), used to judge which claimers are alive.
+pub(crate) async fn build_target(
     kind: &str,
     args: &ExecutorArgs,
     b: &BackendArgs,

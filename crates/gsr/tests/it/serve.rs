@@ -1,7 +1,9 @@
 //! `gsr serve` end to end: the real binary (SQLite in a temp dir) with the simulator as
 //! GitLab: health, the config file and its precedence, the shutdown sequence (drain,
 //! `--shutdown-timeout`, a second signal), and a person's whole path over HTTP (GitLab
-//! login, runner creation, Job Hook, job history, metrics) with a scan for secrets.
+//! login, runner creation, Job Hook, job history, metrics) with a scan for secrets, and
+//! runtimes (`--backends`): a runtime not offered is not claimed for, a `process` runner
+//! runs on the local backend, a `docker` runner in its job's image.
 //!
 //! Runners for the shutdown tests are created in serve's store before it starts (with a
 //! known `GSR_SECRET_KEY`), so they need no login; the dispatcher's reconcile loop claims
@@ -620,5 +622,345 @@ async fn serve_a_persons_path_login_create_runner_run_a_job() {
             !log.contains(value.as_str()),
             "{what} in serve's log:\n{log}"
         );
+    }
+}
+
+// ---- runtimes (--backends) ---------------------------------------------------------------
+
+/// A runner created in the store with runtime `backend` (see [`runner_in_store`]).
+async fn runner_with_runtime(env: &Env, backend: &str) -> RunnerId {
+    let data = env.dir.path().join("gsr-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let store = SqliteStore::open(&data, SecretBox::from_key(KEY))
+        .await
+        .expect("store opens");
+    let seeded = seed(&store, env, 2).await;
+    let patch = gsr_store::RunnerPatch {
+        backend: Some(backend.into()),
+        ..Default::default()
+    };
+    let r = store
+        .update_runner(seeded.owner, seeded.runner, patch)
+        .await
+        .expect("runtime set");
+    assert_eq!(r.backend, backend);
+    seeded.runner
+}
+
+/// Wait (hang guard only) until serve's log contains `needle`.
+async fn wait_for_log(server: &Server, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !server.stderr().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} not logged: {}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A runner whose runtime this replica does not offer: its jobs are not claimed (they
+/// wait in GitLab for a replica that can run them), said once in the log; unknown
+/// `--backends` values are refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_does_not_claim_for_a_runtime_it_does_not_offer() {
+    let env = Env::new().await;
+    let runner = runner_with_runtime(&env, "docker").await;
+    let server = serve(&env).start().await;
+    wait_for_log(&server, "not enabled on this replica").await;
+    let id = env.enqueue(env.job(&["echo must-not-run"])).await;
+    // The reconcile ticker and a long poll would have taken it by now if anything asked.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.view(id).await.status, "pending", "{}", server.stderr());
+    let log = server.log.clone();
+    assert!(server.stop().await.success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert_eq!(
+        log.matches("not enabled on this replica").count(),
+        1,
+        "logged once per runner: {log}"
+    );
+    assert!(log.contains(&format!("runner={runner}")), "{log}");
+
+    let out = output({
+        let mut c = std::process::Command::new(crate::harness::gsr_bin());
+        c.args([
+            "serve",
+            "--backends",
+            "shell,lambda-x",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("GITLAB_CLIENT_ID", "x")
+        .env("GSR_DATA_DIR", env.dir.path().join("other-data"))
+        .env("RUNNER_BUILDS_DIR", env.builds_dir());
+        c
+    })
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown backend \"lambda-x\""), "{err}");
+}
+
+/// `--backends shell,local`: the web app offers the runtimes `local` (in-process shell)
+/// and `process` (the local backend); a runner with `process` runs its job as a child
+/// `gsr exec` whose environment holds none of serve's secrets, and the store records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_runs_a_process_runtime_job_on_the_local_backend() {
+    let env = Env::new().await;
+    let runner = runner_with_runtime(&env, "process").await;
+    let server = serve(&env)
+        .args(["--backends", "shell,local"])
+        .start()
+        .await;
+    let doc: serde_json::Value = reqwest::get(format!("{}/api/v1/openapi.json", server.base))
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    let text = doc.to_string();
+    assert!(
+        text.contains(r#""enum":["local","process"]"#),
+        "offered runtimes: {text}"
+    );
+
+    let id = env
+        .enqueue(env.job(&[
+            "echo secret-key=${GSR_SECRET_KEY:-unset}",
+            "echo runner-token=${RUNNER_TOKEN:-unset}",
+            "echo job-pid=$$",
+        ]))
+        .await;
+    let view = wait(&env, &server, id, &["success", "failed", "canceled"]).await;
+    let trace = env.trace(id).await;
+    assert_eq!(view.status, "success", "{trace}\n{}", server.stderr());
+    assert!(trace.contains("secret-key=unset"), "{trace}");
+    assert!(trace.contains("runner-token=unset"), "{trace}");
+    let log = server.log.clone();
+    assert!(server.stop().await.success());
+    let log = std::fs::read_to_string(log).unwrap();
+    // Placed on the backend (not run in serve's process), and nothing of it is left:
+    // no job dir under the backend's root, no process of the job.
+    assert!(log.contains("backend=local"), "{log}");
+    assert!(log.contains("job place ended"), "{log}");
+    let jobs_dir = env.builds_dir().join(".gsr-local").join("jobs");
+    let left: Vec<_> = std::fs::read_dir(&jobs_dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "job dirs left: {left:?}");
+    let pid: i32 = trace
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("job-pid=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no job-pid in {trace}"));
+    assert!(!crate::harness::alive(pid), "job process {pid} still alive");
+
+    let store = SqliteStore::open(&env.dir.path().join("gsr-data"), SecretBox::from_key(KEY))
+        .await
+        .expect("store opens");
+    let owner = store.runner_by_id(runner).await.expect("runner").owner;
+    let jobs = store
+        .jobs_for_runner(owner, runner, 10)
+        .await
+        .expect("history");
+    let rec = jobs
+        .iter()
+        .find(|j| j.gitlab_job_id == i64::try_from(id).unwrap())
+        .unwrap_or_else(|| panic!("job {id} not recorded: {jobs:?}"));
+    assert_eq!(rec.status, gsr_store::JobStatus::Success, "{rec:?}");
+}
+
+mod docker_runtime {
+    //! A runner with the `docker` runtime in `gsr serve --backends shell,docker`: the job
+    //! runs in its `image:` and the store records it; nothing of the job is left. Needs a
+    //! daemon and the offline test image (run under
+    //! `crates/gsr-backend-docker/scripts/with-dockerd.sh`); fails clearly without one
+    //! unless `GSR_TEST_SKIP_DOCKER=1`. The simulator listens on the gateway of a bridge
+    //! network of the test's own, so the job container reaches it (as `placement.rs`).
+
+    use std::collections::HashMap;
+    use std::net::{IpAddr, SocketAddr};
+
+    use gsr_backend_docker::bollard::models::NetworkCreateRequest;
+    use gsr_backend_docker::bollard::query_parameters::{
+        ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    };
+    use gsr_backend_docker::bollard::Docker;
+    use gsr_store::{JobStatus, SecretBox, SqliteStore, Store};
+
+    use super::{runner_with_runtime, serve, wait, KEY};
+    use crate::harness::Env;
+
+    const IMAGE: &str = "gsr-test/debian:bookworm";
+
+    async fn daemon() -> Option<Docker> {
+        let skip = std::env::var("GSR_TEST_SKIP_DOCKER").as_deref() == Ok("1");
+        let answer = match Docker::connect_with_socket_defaults() {
+            Ok(d) => d.ping().await.map(|_| d),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(d) => {
+                if d.inspect_image(IMAGE).await.is_err() {
+                    panic!("image {IMAGE} is missing: run crates/gsr-backend-docker/scripts/test-images.sh");
+                }
+                Some(d)
+            }
+            Err(e) if skip => {
+                eprintln!("GSR_TEST_SKIP_DOCKER=1: skipping ({e})");
+                None
+            }
+            Err(e) => panic!(
+                "this test needs a Docker daemon on /var/run/docker.sock (run it under \
+                 crates/gsr-backend-docker/scripts/with-dockerd.sh; set GSR_TEST_SKIP_DOCKER=1 \
+                 to skip): {e}"
+            ),
+        }
+    }
+
+    /// A bridge network of the test's own and its gateway address.
+    async fn network(docker: &Docker) -> (String, IpAddr) {
+        let name = format!("gsr-test-serve-{}", uuid::Uuid::new_v4().simple());
+        docker
+            .create_network(NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(HashMap::from([(
+                    "gsr.test-gitlab-net".to_string(),
+                    std::process::id().to_string(),
+                )])),
+                ..Default::default()
+            })
+            .await
+            .expect("create the simulator's network");
+        let gateway = docker
+            .inspect_network(&name, None)
+            .await
+            .expect("inspect network")
+            .ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+            .expect("the network has a gateway")
+            .parse()
+            .expect("gateway address");
+        (name, gateway)
+    }
+
+    /// Containers, networks and volumes of `job` (label `gsr.job`) claimed by the test
+    /// replica (`gsr.claimer` = `it-replica-…`).
+    async fn leftovers(docker: &Docker, job: u64) -> Vec<String> {
+        let filters = Some(HashMap::from([(
+            "label".to_string(),
+            vec![format!("gsr.job={job}")],
+        )]));
+        let ours = |labels: Option<&HashMap<String, String>>| {
+            labels
+                .and_then(|l| l.get("gsr.claimer"))
+                .is_some_and(|c| c.starts_with("it-replica-"))
+        };
+        let mut left = Vec::new();
+        for c in docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: filters.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("list containers")
+        {
+            if ours(c.labels.as_ref()) {
+                left.push(format!("container {:?}", c.names));
+            }
+        }
+        for n in docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: filters.clone(),
+            }))
+            .await
+            .expect("list networks")
+        {
+            if ours(n.labels.as_ref()) {
+                left.push(format!("network {:?}", n.name));
+            }
+        }
+        for v in docker
+            .list_volumes(Some(ListVolumesOptions { filters }))
+            .await
+            .expect("list volumes")
+            .volumes
+            .unwrap_or_default()
+        {
+            if ours(Some(&v.labels)) {
+                left.push(format!("volume {}", v.name));
+            }
+        }
+        left
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn serve_runs_a_docker_runtime_job_in_its_image() {
+        let Some(docker) = daemon().await else {
+            return;
+        };
+        let (net, gateway) = network(&docker).await;
+        let env = Env::with_config(move |c| c.listen = SocketAddr::new(gateway, 0)).await;
+        let runner = runner_with_runtime(&env, "docker").await;
+        let server = serve(&env)
+            .args([
+                "--backends",
+                "shell,docker",
+                "--docker-image",
+                IMAGE,
+                "--docker-pull-policy",
+                "never",
+            ])
+            .start()
+            .await;
+
+        let mut job = env.job(&[
+            "grep PRETTY_NAME /etc/os-release",
+            // The host may run bookworm (in a container) too: the job's container has
+            // a host name of its own.
+            "echo job-host=$(cat /etc/hostname)",
+            "if [ -n \"${RUNNER_TOKEN:-}\" ]; then echo runner-token-vis''ible; fi",
+        ]);
+        job.image = Some(serde_json::json!({"name": IMAGE, "pull_policy": ["never"]}));
+        let id = env.enqueue(job).await;
+        let view = wait(&env, &server, id, &["success", "failed", "canceled"]).await;
+        let trace = env.trace(id).await;
+        assert_eq!(view.status, "success", "{trace}\n{}", server.stderr());
+        assert!(trace.contains("Debian GNU/Linux 12 (bookworm)"), "{trace}");
+        let here = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        assert!(trace.contains("job-host="), "{trace}");
+        assert!(
+            !trace.contains(&format!("job-host={}", here.trim())),
+            "the job ran on this host, not in a container: {trace}"
+        );
+        assert!(!trace.contains("runner-token-visible"), "{trace}");
+
+        let log = server.log.clone();
+        assert!(server.stop().await.success());
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(log.contains("backend=docker"), "{log}");
+        let left = leftovers(&docker, id).await;
+        assert!(left.is_empty(), "job {id} left {left:?}");
+
+        // The store recorded the claim and its outcome.
+        let store = SqliteStore::open(&env.dir.path().join("gsr-data"), SecretBox::from_key(KEY))
+            .await
+            .expect("store opens");
+        let owner = store.runner_by_id(runner).await.expect("runner").owner;
+        let jobs = store
+            .jobs_for_runner(owner, runner, 10)
+            .await
+            .expect("history");
+        let rec = jobs
+            .iter()
+            .find(|j| j.gitlab_job_id == i64::try_from(id).unwrap())
+            .unwrap_or_else(|| panic!("job {id} not recorded: {jobs:?}"));
+        assert_eq!(rec.status, JobStatus::Success, "{rec:?}");
+        drop(env);
+        docker.remove_network(&net).await.expect("remove network");
     }
 }
