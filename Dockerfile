@@ -11,7 +11,7 @@
 #    .ci/container-test.sh). Builds only the `prebuilt` stage, which copies the binary from
 #    the build context:
 #
-#        cargo build --release --locked -p gsr
+#        cargo build --release --locked -p gsr --no-default-features
 #        DOCKER_BUILDKIT=0 docker build --target prebuilt -t gsr .
 #        # another binary: --build-arg GSR_BINARY=dist/gsr   (a path inside the context;
 #        # .dockerignore lets through only target/release/gsr and dist/)
@@ -68,7 +68,11 @@ COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
 COPY crates crates
 COPY xtask xtask
-RUN cargo build --release --locked -p gsr \
+# The serverless image leaves out the container backends (cargo features `docker`,
+# `kubernetes`: large clients a webhook receiver does not use); a control-plane image that
+# places jobs on them builds with --build-arg GSR_FEATURES="docker kubernetes".
+ARG GSR_FEATURES=""
+RUN cargo build --release --locked -p gsr --no-default-features --features "$GSR_FEATURES" \
     && install -m 0755 target/release/gsr /usr/local/bin/gsr
 
 # ---- image (default target): the runtime with the binary compiled above ----------------

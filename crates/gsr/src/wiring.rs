@@ -137,47 +137,8 @@ pub(crate) async fn build_target(
             }
             Target::Backend(Arc::new(gsr_backend_local::LocalBackend::new(cfg)?))
         }
-        "docker" => {
-            let mut s = gsr_backend_docker::DockerSettings {
-                socket: b.docker_host.clone(),
-                gsr_binary: b.docker_gsr_binary.clone(),
-                privileged: b.docker_privileged,
-                cpus: b.docker_cpus,
-                ..Default::default()
-            };
-            if let Some(i) = b.docker_image.as_deref().filter(|i| !i.trim().is_empty()) {
-                s.default_image = i.trim().to_string();
-            }
-            if let Some(p) = &b.docker_pull_policy {
-                s.pull_policy = gsr_backend_docker::PullPolicy::parse(p).with_context(|| {
-                    format!("--docker-pull-policy {p:?}: always, if-not-present or never")
-                })?;
-            }
-            if let Some(m) = &b.docker_memory {
-                s.memory_bytes = Some(parse_bytes(m).with_context(|| {
-                    format!("--docker-memory {m:?}: a size like 512m, 2g or bytes")
-                })?);
-            }
-            Target::Backend(Arc::new(
-                gsr_backend_docker::DockerBackend::connect(s).await?,
-            ))
-        }
-        "kubernetes" => {
-            let settings = gsr_backend_k8s::K8sSettings {
-                namespace: b.kubernetes_namespace.clone(),
-                gsr_image: b.kubernetes_gsr_image.clone().unwrap_or_default(),
-                default_image: b.kubernetes_image.clone(),
-                service_account: b.kubernetes_service_account.clone(),
-                ..Default::default()
-            };
-            let me = name.to_string();
-            let liveness = Arc::new(move |claimer: &str| {
-                gsr_worker::place::claimer_may_be_alive(&me, claimer)
-            });
-            Target::Backend(Arc::new(
-                gsr_backend_k8s::K8sBackend::from_env(settings, liveness).await?,
-            ))
-        }
+        "docker" => docker_target(b).await?,
+        "kubernetes" => kubernetes_target(b, name).await?,
         other => bail!(
             "unknown executor {other:?}; supported: {}",
             RUN_SINGLE_EXECUTORS.join(", ")
@@ -185,7 +146,66 @@ pub(crate) async fn build_target(
     })
 }
 
+/// The docker backend (cargo feature `docker`, on by default).
+#[cfg(feature = "docker")]
+async fn docker_target(b: &BackendArgs) -> anyhow::Result<Target> {
+    let mut s = gsr_backend_docker::DockerSettings {
+        socket: b.docker_host.clone(),
+        gsr_binary: b.docker_gsr_binary.clone(),
+        privileged: b.docker_privileged,
+        cpus: b.docker_cpus,
+        ..Default::default()
+    };
+    if let Some(i) = b.docker_image.as_deref().filter(|i| !i.trim().is_empty()) {
+        s.default_image = i.trim().to_string();
+    }
+    if let Some(p) = &b.docker_pull_policy {
+        s.pull_policy = gsr_backend_docker::PullPolicy::parse(p).with_context(|| {
+            format!("--docker-pull-policy {p:?}: always, if-not-present or never")
+        })?;
+    }
+    if let Some(m) = &b.docker_memory {
+        s.memory_bytes =
+            Some(parse_bytes(m).with_context(|| {
+                format!("--docker-memory {m:?}: a size like 512m, 2g or bytes")
+            })?);
+    }
+    Ok(Target::Backend(Arc::new(
+        gsr_backend_docker::DockerBackend::connect(s).await?,
+    )))
+}
+
+#[cfg(not(feature = "docker"))]
+async fn docker_target(_: &BackendArgs) -> anyhow::Result<Target> {
+    bail!("this gsr was built without the docker backend (cargo feature `docker`)")
+}
+
+/// The kubernetes backend (cargo feature `kubernetes`, on by default); `name` is the
+/// claimer's name, used to judge which claimers are alive.
+#[cfg(feature = "kubernetes")]
+async fn kubernetes_target(b: &BackendArgs, name: &str) -> anyhow::Result<Target> {
+    let settings = gsr_backend_k8s::K8sSettings {
+        namespace: b.kubernetes_namespace.clone(),
+        gsr_image: b.kubernetes_gsr_image.clone().unwrap_or_default(),
+        default_image: b.kubernetes_image.clone(),
+        service_account: b.kubernetes_service_account.clone(),
+        ..Default::default()
+    };
+    let me = name.to_string();
+    let liveness =
+        Arc::new(move |claimer: &str| gsr_worker::place::claimer_may_be_alive(&me, claimer));
+    Ok(Target::Backend(Arc::new(
+        gsr_backend_k8s::K8sBackend::from_env(settings, liveness).await?,
+    )))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes_target(_: &BackendArgs, _: &str) -> anyhow::Result<Target> {
+    bail!("this gsr was built without the kubernetes backend (cargo feature `kubernetes`)")
+}
+
 /// `512m`, `2g`, `1024k`, `1048576` (binary units, like docker's `--memory`).
+#[cfg_attr(not(feature = "docker"), allow(dead_code))]
 fn parse_bytes(s: &str) -> Option<i64> {
     let s = s.trim().to_ascii_lowercase();
     let s = s.strip_suffix('b').unwrap_or(&s);
