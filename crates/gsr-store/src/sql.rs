@@ -13,9 +13,10 @@ use secrecy::{ExposeSecret as _, SecretString};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
+use sqlx::Connection as _;
 use sqlx::Row as _;
 
 use crate::error::{Result, StoreError};
@@ -807,6 +808,16 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
+        if max_connections > 1 {
+            // Switch the file to WAL and migrate it through one connection before a pool
+            // opens several: turning a fresh file to WAL needs it to itself, and SQLite
+            // answers a second connection doing the same at that moment with "database is
+            // locked" without waiting for the busy timeout (seen as a flaky first open).
+            // WAL is then a property of the file, and the pool's connections find it set.
+            let mut first = SqliteConnection::connect_with(&opts).await?;
+            SQLITE_MIGRATOR.run_direct(&mut first).await?;
+            first.close().await?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)
